@@ -1,0 +1,1 @@
+"""Datasets, splits, samplers and on-device augmentation."""

@@ -1,0 +1,58 @@
+"""From ``config.data`` to the train / test datasets of a run.
+
+``load_splits`` loads the named dataset (offline ones generated or shipped,
+real ones from their archive layout) and splits it the way the papers do:
+``zero_shot`` (first classes train, the rest — never seen in training — test),
+``classification`` (the same classes, held-out images), ``by_attribute``
+(e.g. Omniglot's unseen alphabets), or ``predefined`` (the dataset's own
+split, e.g. SOP's 11,318/11,316 classes). With ``validation_classes > 0`` the
+test set is replaced by held-out *training* classes, so hyper-parameters are
+chosen without looking at the test classes.
+"""
+from __future__ import annotations
+
+from dmlx.data import registry
+from dmlx.data import splits
+from dmlx.data.base import Dataset
+
+
+def load_dataset(cfg) -> Dataset:
+  """Loads ``cfg.name`` through :func:`dmlx.data.registry.load`; a dataset's
+  own standard split is kept in its ``'split'`` attribute."""
+  options = dict(cfg.options)
+  if cfg.cache_dir:
+    options["cache_dir"] = cfg.cache_dir
+  return registry.load(cfg.name, cfg.data_dir or None, cfg.image_size, **options)
+
+
+def load_splits(cfg) -> dict[str, Dataset]:
+  """Returns ``{'train': Dataset, 'test': Dataset}`` for ``config.data``."""
+  ds = load_dataset(cfg)
+  if cfg.split == "predefined":
+    if "split" not in ds.attributes:
+      raise ValueError(f"data.split='predefined' but {cfg.name!r} has no "
+                       "predefined split; use 'zero_shot' or 'classification'.")
+    parts = splits.standard_split(ds)
+    train = parts["train"]
+    test = parts.get("test") or parts.get("query")
+  elif cfg.split == "zero_shot":
+    train, test = splits.zero_shot_split(
+        ds, num_train_classes=cfg.num_train_classes or None,
+        fraction=cfg.train_class_fraction)
+  elif cfg.split == "classification":
+    train, test = _classification(ds, cfg.train_fraction)
+  elif cfg.split == "by_attribute":
+    train, test = splits.split_by_attribute(ds, cfg.split_attribute,
+                                            tuple(cfg.train_attribute_values))
+  elif cfg.split != "predefined":
+    raise ValueError(f"Unknown data.split {cfg.split!r}; expected 'zero_shot', "
+                     "'classification', 'by_attribute' or 'predefined'.")
+  if cfg.validation_classes:
+    train, test = splits.zero_shot_split(
+        train, num_train_classes=train.num_classes - cfg.validation_classes)
+  return {"train": train, "test": test}
+
+
+def _classification(ds: Dataset, train_fraction: float):
+  out = splits.classification_split(ds, train_fraction=train_fraction, seed=0)
+  return out[0], out[-1]

@@ -1,0 +1,165 @@
+"""Input checks, masked reductions and a class cross-entropy for dmlx losses.
+
+Metric-learning losses reduce over *sets* that vary per anchor (its positives,
+its negatives), so every reduction here takes a boolean mask and returns, next
+to the value, a flag saying whether the set was empty. Empty sets never reach a
+``log(0)``, a division by zero or an ``inf * 0`` in the backward pass: masked
+entries are replaced *before* any ``exp``/``log`` (the "double where" pattern),
+so their gradients are exactly zero.
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def check_inputs(embeddings, labels, name: str) -> tuple[Array, Array]:
+  """Checks ``embeddings [batch_size, dim]`` float and ``labels [batch_size]`` int.
+
+  Runs at trace time (shapes and dtypes are static), so it costs nothing in a
+  jitted step.
+
+  Raises:
+    ValueError: naming the function and the bad shape or dtype.
+  """
+  embeddings = jnp.asarray(embeddings)
+  labels = jnp.asarray(labels)
+  if embeddings.ndim != 2:
+    raise ValueError(
+        f"{name}: embeddings must have shape [batch_size, dim], got shape "
+        f"{embeddings.shape}.")
+  if not jnp.issubdtype(embeddings.dtype, jnp.floating):
+    raise ValueError(
+        f"{name}: embeddings must be floating point, got dtype "
+        f"{embeddings.dtype}.")
+  if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+    raise ValueError(
+        f"{name}: labels must have shape [batch_size] = [{embeddings.shape[0]}]"
+        f", got shape {labels.shape}.")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(
+        f"{name}: labels must be integers, got dtype {labels.dtype}.")
+  return embeddings, labels
+
+
+def check_positive(name: str, key: str, value, *, allow_zero: bool = False):
+  """Raises ValueError if a concrete Python number ``value`` is not > 0.
+
+  Traced values (a hyper-parameter passed as a jitted argument) are not checked.
+  """
+  if isinstance(value, numbers.Real):
+    bad = value < 0 if allow_zero else value <= 0
+    if bad:
+      bound = ">= 0" if allow_zero else "> 0"
+      raise ValueError(f"{name}: {key} must be {bound}, got {value!r}.")
+
+
+def check_choice(name: str, key: str, value, choices: tuple[str, ...]):
+  """Raises ValueError if ``value`` is not one of ``choices``."""
+  if value not in choices:
+    raise ValueError(
+        f"{name}: {key} must be one of {choices}, got {value!r}.")
+
+
+def count(mask: Array, axis=None) -> Array:
+  """Number of True entries of ``mask`` as a float (for use as a divisor)."""
+  return jnp.sum(mask, axis=axis, dtype=jnp.float32)
+
+
+def safe_divide(total: Array, n: Array) -> Array:
+  """``total / max(n, 1)``: a mean over a possibly empty set is 0, not NaN."""
+  return total / jnp.maximum(n, 1).astype(jnp.result_type(total))
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+  """Mean of ``values`` over ``mask`` (0 for an empty mask), never NaN."""
+  return safe_divide(jnp.sum(jnp.where(mask, values, 0)), count(mask))
+
+
+def masked_max(x: Array, mask: Array, axis: int = -1) -> tuple[Array, Array]:
+  """Maximum of ``x`` over ``mask`` along ``axis``; 0 where the mask is empty.
+
+  Returns:
+    ``(value, nonempty)``, both with ``axis`` removed.
+  """
+  nonempty = jnp.any(mask, axis=axis)
+  value = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis)
+  return jnp.where(nonempty, value, 0), nonempty
+
+
+def masked_min(x: Array, mask: Array, axis: int = -1) -> tuple[Array, Array]:
+  """Minimum of ``x`` over ``mask`` along ``axis``; 0 where the mask is empty."""
+  value, nonempty = masked_max(-x, mask, axis)
+  return -value, nonempty
+
+
+def masked_logsumexp(x: Array, mask: Array,
+                     axis: int = -1) -> tuple[Array, Array]:
+  r"""Stable :math:`\log \sum_{j \in mask} \exp x_j`; 0 where the mask is empty.
+
+  The maximum is subtracted before exponentiating and masked entries are set to
+  ``-inf`` *before* the ``exp``, so neither the value nor the gradient can be
+  NaN, for any finite ``x`` and any mask (including all-False).
+
+  Returns:
+    ``(value, nonempty)``, both with ``axis`` removed.
+  """
+  nonempty = jnp.any(mask, axis=axis)
+  shift = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
+  shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
+  summed = jnp.sum(jnp.exp(jnp.where(mask, x - shift, -jnp.inf)), axis=axis)
+  value = jnp.log(jnp.where(nonempty, summed, 1)) + jnp.squeeze(shift, axis)
+  return jnp.where(nonempty, value, 0), nonempty
+
+
+def class_cross_entropy(logits: Array, labels: Array,
+                        exclude_positive: bool = False
+                        ) -> tuple[Array, dict[str, Array]]:
+  """Softmax cross-entropy ``LSE_Z(logits) - logits[y]`` averaged over a batch.
+
+  Args:
+    logits: ``[batch_size, num_classes]``.
+    labels: ``[batch_size]`` ints; labels outside ``[0, num_classes)`` are
+      ignored (they select no logit).
+    exclude_positive: leave the target out of the log-sum-exp set ``Z``.
+
+  Returns:
+    ``(loss, {'accuracy': ...})``, the mean over examples with a valid label.
+  """
+  one_hot = labels[:, None] == jnp.arange(logits.shape[1])[None, :]
+  valid = jnp.any(one_hot, axis=1)
+  target = jnp.sum(jnp.where(one_hot, logits, 0), axis=1)
+  denominator_set = ~one_hot if exclude_positive else jnp.ones_like(one_hot)
+  lse, nonempty = masked_logsumexp(logits, denominator_set, axis=1)
+  per_example = lse - target
+  correct = jnp.argmax(logits, axis=1) == labels
+  return masked_mean(per_example, valid & nonempty), {
+      "accuracy": masked_mean(correct, valid),
+  }
+
+
+def get_param(name: str, params, key: str, dim: int, axis: int) -> Array:
+  """``params[key]`` as a 2-D array whose ``axis`` has size ``dim``."""
+  if not hasattr(params, "keys") or key not in params:
+    raise ValueError(
+        f"{name}: params must be a dict with key {key!r}, got "
+        f"{type(params).__name__} with keys "
+        f"{sorted(params) if hasattr(params, 'keys') else None}.")
+  value = jnp.asarray(params[key])
+  if value.ndim != 2 or value.shape[axis] != dim:
+    raise ValueError(
+        f"{name}: params[{key!r}] must be 2-D with size {dim} (the embedding "
+        f"dim) on axis {axis}, got shape {value.shape}.")
+  return value
+
+
+def check_sizes(name: str, num_classes: int, dim: int):
+  """Raises ValueError unless ``num_classes >= 1`` and ``dim >= 1``."""
+  if int(num_classes) < 1 or int(dim) < 1:
+    raise ValueError(
+        f"{name}: num_classes and dim must be >= 1, got num_classes="
+        f"{num_classes!r}, dim={dim!r}.")

@@ -1,0 +1,324 @@
+"""Embedding-spread regularisers: DML-DA's density adaptivity, GOR and entropy.
+
+Pure, jittable functions of a batch of embeddings and their integer labels
+that are *added* to a base metric-learning loss (contrastive, N-pair,
+triplet, ...):
+
+* :func:`class_density` -- the density of each class in the batch, eq. (5) of
+  Li et al., "Deep Metric Learning with Density Adaptivity" (DML-DA, 2019).
+* :func:`density_regularizer` -- the density regulariser L_DA, eq. (6), with
+  the relaxed inter-class density correlation penalty of eq. (8).
+* :func:`global_orthogonal_regularizer` -- GOR of Zhang et al., "Learning
+  Spread-out Local Feature Descriptors" (2017), DML-DA's reference [40].
+* :func:`entropy_regularizer` -- the entropy (EN) regulariser DML-DA compares
+  with (its reference [51], Niu et al. 2012), read as the entropy of each
+  example's neighbour distribution in the batch (see its docstring).
+
+All per-class quantities are computed with a ``[batch, num_classes]`` one-hot
+matrix so shapes are static (``num_classes`` is the number of *training*
+classes); classes absent from the batch are masked out, contribute nothing and
+receive zero gradient. Labels outside ``[0, num_classes)`` (e.g. ``-1`` for
+padding) are ignored by the density functions. Every function returns
+``(scalar loss, aux dict of scalars)`` and is finite for any batch
+composition (one class, all singletons, duplicated or zero embeddings).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_EPS = 1e-12
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _check_batch(embeddings: Array, labels: Array, name: str) -> None:
+  if embeddings.ndim != 2:
+    raise ValueError(f"{name}: embeddings must be [batch_size, dim], got "
+                     f"shape {embeddings.shape}.")
+  if labels.shape != embeddings.shape[:1]:
+    raise ValueError(f"{name}: labels shape {labels.shape} does not match "
+                     f"embeddings shape {embeddings.shape}.")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"{name}: labels must be integers, got {labels.dtype}.")
+
+
+def _gather(values: Array, labels: Array) -> Array:
+  """``values[labels]`` with 0 for labels outside ``[0, len(values))``
+  (``jnp.take`` would wrap negative labels)."""
+  n = values.shape[0]
+  safe = jnp.where(labels < 0, n, labels)
+  return jnp.take(values, safe, axis=0, mode="fill", fill_value=0)
+
+
+def l2_normalize(x: Array, axis: int = -1) -> Array:
+  """Length-normalises ``x`` along ``axis`` (zero vectors stay zero, finite
+  gradient), the normalisation DML-DA puts on top of the embedding layer."""
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, _EPS))
+
+
+def class_density(embeddings: Array, labels: Array, num_classes: int, *,
+                  normalize: bool = True) -> tuple[Array, Array]:
+  """Density of every class in the batch, eq. (5) of DML-DA.
+
+  .. math::
+    D_{avg}(S_c) = \\frac{1}{|S_c|} \\sum_{x_i \\in S_c}
+        \\| f(x_i) - \\mu_c \\|_2^2, \\qquad
+    \\mu_c = \\frac{1}{|S_c|} \\sum_{x_i \\in S_c} f(x_i).
+
+  A *larger* value means a *lower* density (more intra-class spread). For
+  L2-normalised embeddings it lies in ``[0, 1]``; a class seen once has 0.
+
+  Args:
+    embeddings: ``[batch_size, dim]`` embeddings f(x_i).
+    labels: ``[batch_size]`` integer class ids; ids outside
+      ``[0, num_classes)`` are ignored.
+    num_classes: number of training classes C (static).
+    normalize: L2-normalise the embeddings first (the paper's embeddings are
+      length-normalised; idempotent if they already are).
+
+  Returns:
+    ``(density [num_classes], counts [num_classes])``: D_avg(S_c), 0 for
+    classes absent from the batch, and |S_c| in the batch (float).
+
+  References:
+    Li, Yao, Pan, Chao, Mei, "Deep Metric Learning with Density Adaptivity",
+    IEEE Trans. Multimedia, 2019.
+  """
+  _check_batch(embeddings, labels, "class_density")
+  if num_classes < 1:
+    raise ValueError(f"class_density: num_classes must be >= 1, got "
+                     f"{num_classes}.")
+  x = l2_normalize(embeddings) if normalize else embeddings
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)   # [B, C]
+  counts = jnp.sum(onehot, axis=0)                              # [C]
+  sums = jnp.matmul(onehot.T, x, precision=_HIGHEST)            # [C, D]
+  centroids = sums / jnp.maximum(counts, 1.0)[:, None]
+  own = _gather(centroids, labels)
+  sq = jnp.sum(jnp.square(x - own), axis=-1)                    # [B]
+  density = jnp.matmul(onehot.T, sq, precision=_HIGHEST)
+  density = density / jnp.maximum(counts, 1.0)
+  return density, counts
+
+
+def density_regularizer(
+    embeddings: Array,
+    labels: Array,
+    target_density: Array,
+    original_density: Optional[Array] = None,
+    *,
+    eta: float = 0.5,
+    correlation: bool = True,
+    min_class_size: int = 2,
+    normalize: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+  """DML-DA density regulariser L_DA, eqs. (6) and (8).
+
+  .. math::
+    L_{DA} = \\frac{1}{C} \\sum_c (D_{avg}(S_c) - \\alpha_c)^2
+           - \\frac{1}{C} \\sum_c \\alpha_c
+           + \\frac{1}{C^2} \\sum_{c_i, c_j} \\big( (D^{(0)}_{avg}(S_{c_j}))^\\eta
+             \\alpha_{c_i} - (D^{(0)}_{avg}(S_{c_i}))^\\eta \\alpha_{c_j} \\big)^2
+
+  where the sums run over the C classes *present in the batch* (at least
+  ``min_class_size`` examples), α_c is the learnable target density of class
+  c and D^(0)_avg(S_c) its original density, measured once before training on
+  the backbone's features (see :mod:`dmlx.methods.dmlda`).
+
+  Reading of the paper: eq. (8) appends the soft correlation penalty to L_DA
+  with weight 1 (its 1/C² being the only normalisation), and eq. (9) then
+  multiplies the whole of L_DA -- fit, spread and penalty -- by λ. So this
+  function returns eq. (8) as written and the caller adds λ·L_DA. With
+  ``correlation=False`` it is eq. (6) alone (the paper's DML-DA⁻).
+
+  The penalty sum over class pairs is computed over batch example pairs with
+  weights 1/|S_c| (exact, ``[batch, batch]``, independent of num_classes), and
+  D^(0) is treated as a constant (``stop_gradient``).
+
+  Args:
+    embeddings: ``[batch_size, dim]`` embeddings.
+    labels: ``[batch_size]`` integer class ids in ``[0, num_classes)``;
+      others are ignored.
+    target_density: ``[num_classes]`` learnable α_c (paper init: 0.5).
+    original_density: ``[num_classes]`` D^(0)_avg per class; required when
+      ``correlation`` is true.
+    eta: exponent η of the inter-class density correlation (paper: 0.5).
+    correlation: add eq. (8)'s penalty (False gives DML-DA⁻, eq. (6)).
+    min_class_size: a class counts as present when it has at least this many
+      examples in the batch. The default 2 leaves out classes seen once,
+      whose density is 0 by definition and would only drag their α_c down.
+    normalize: L2-normalise the embeddings before measuring densities.
+
+  Returns:
+    ``(loss, aux)``: the scalar L_DA and scalars ``density_fit`` (first
+    term), ``density_spread`` ((1/C)Σα_c, subtracted), ``density_correlation``
+    (the penalty, 0 without it), ``mean_density``, ``mean_target_density``
+    (over present classes) and ``num_present_classes``.
+
+  References:
+    Li, Yao, Pan, Chao, Mei, "Deep Metric Learning with Density Adaptivity",
+    IEEE Trans. Multimedia, 2019, eqs. (5)-(9).
+  """
+  _check_batch(embeddings, labels, "density_regularizer")
+  if target_density.ndim != 1:
+    raise ValueError(f"density_regularizer: target_density must be "
+                     f"[num_classes], got shape {target_density.shape}.")
+  if min_class_size < 1:
+    raise ValueError(f"density_regularizer: min_class_size must be >= 1, got "
+                     f"{min_class_size}.")
+  if correlation:
+    if original_density is None:
+      raise ValueError("density_regularizer: correlation=True needs "
+                       "original_density (got None).")
+    if original_density.shape != target_density.shape:
+      raise ValueError(
+          f"density_regularizer: original_density shape "
+          f"{original_density.shape} != target_density shape "
+          f"{target_density.shape}.")
+    if eta < 0:
+      raise ValueError(f"density_regularizer: eta must be >= 0, got {eta}.")
+  num_classes = target_density.shape[0]
+  density, counts = class_density(embeddings, labels, num_classes,
+                                  normalize=normalize)
+  alpha = target_density.astype(density.dtype)
+  present = (counts >= min_class_size).astype(density.dtype)     # [C]
+  num_present = jnp.sum(present)
+  inv_c = 1.0 / jnp.maximum(num_present, 1.0)
+
+  fit = jnp.sum(present * jnp.square(density - alpha)) * inv_c
+  spread = jnp.sum(present * alpha) * inv_c
+  loss = fit - spread
+
+  if correlation:
+    d0 = jax.lax.stop_gradient(
+        jnp.maximum(original_density.astype(density.dtype), 0.0))
+    # Σ over present class pairs as Σ over example pairs weighted 1/|S_c|.
+    weight = _gather(present / jnp.maximum(counts, 1.0), labels)  # [B]
+    a = _gather(jnp.power(d0, eta), labels)
+    al = _gather(alpha, labels)
+    diff = a[None, :] * al[:, None] - a[:, None] * al[None, :]    # [B, B]
+    pair_w = weight[:, None] * weight[None, :]
+    penalty = jnp.sum(pair_w * jnp.square(diff)) * inv_c * inv_c
+    loss = loss + penalty
+  else:
+    penalty = jnp.zeros((), density.dtype)
+
+  aux = {
+      "density_fit": fit,
+      "density_spread": spread,
+      "density_correlation": penalty,
+      "mean_density": jnp.sum(present * density) * inv_c,
+      "mean_target_density": spread,
+      "num_present_classes": num_present,
+  }
+  return loss, aux
+
+
+def global_orthogonal_regularizer(
+    embeddings: Array, labels: Array, *, normalize: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+  """Global orthogonal regularisation (GOR), Zhang et al. 2017, eq. (9).
+
+  .. math::
+    L_{GOR} = M_1^2 + \\max(0, M_2 - 1/d), \\quad
+    M_1 = \\frac{1}{N} \\sum_{(i,j)} f_i^\\top f_j, \\quad
+    M_2 = \\frac{1}{N} \\sum_{(i,j)} (f_i^\\top f_j)^2
+
+  over the N non-matching (different-label) ordered pairs of the batch:
+  pushes the inner products of non-matching L2-normalised embeddings to have
+  the mean 0 and second moment 1/d of points uniform on the sphere. The paper
+  uses the (anchor, negative) pairs of its triplets; here every non-matching
+  pair of the batch is one. A batch without non-matching pairs gives 0.
+
+  Args:
+    embeddings: ``[batch_size, dim]`` embeddings.
+    labels: ``[batch_size]`` integer class ids.
+    normalize: L2-normalise the embeddings first (GOR assumes unit vectors).
+
+  Returns:
+    ``(loss, aux)`` with scalars ``gor_m1``, ``gor_m2``, ``num_negative_pairs``.
+
+  References:
+    Zhang, Yu, Kumar, Chang, "Learning Spread-out Local Feature Descriptors",
+    ICCV 2017.
+  """
+  _check_batch(embeddings, labels, "global_orthogonal_regularizer")
+  x = l2_normalize(embeddings) if normalize else embeddings
+  dim = x.shape[-1]
+  sim = jnp.matmul(x, x.T, precision=_HIGHEST)
+  negative = (labels[:, None] != labels[None, :]).astype(x.dtype)
+  num = jnp.sum(negative)
+  inv_n = 1.0 / jnp.maximum(num, 1.0)
+  m1 = jnp.sum(negative * sim) * inv_n
+  m2 = jnp.sum(negative * jnp.square(sim)) * inv_n
+  loss = jnp.square(m1) + jax.nn.relu(m2 - 1.0 / dim)
+  return loss, {"gor_m1": m1, "gor_m2": m2, "num_negative_pairs": num}
+
+
+def entropy_regularizer(
+    embeddings: Array, labels: Array, *, temperature: float = 1.0,
+    normalize: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+  """Entropy (EN) regulariser that DML-DA compares against (its ref. [51]).
+
+  .. math::
+    p_{ij} = \\frac{\\exp(-\\mathcal{D}(x_i, x_j)/\\tau)}
+                  {\\sum_{k \\ne i} \\exp(-\\mathcal{D}(x_i, x_k)/\\tau)},
+    \\quad
+    L_{EN} = -\\frac{1}{B} \\sum_i H(p_{i\\cdot})
+           = \\frac{1}{B} \\sum_i \\sum_{j \\ne i} p_{ij} \\log p_{ij}
+
+  with D the squared Euclidean distance of eq. (1). Minimising L_EN maximises
+  the entropy of every example's neighbour distribution in the batch.
+
+  Reading of the paper: DML-DA cites Niu et al. (SERAPH), whose entropy
+  regularisation acts on the probability of pairs given their (Mahalanobis)
+  distance, and describes the EN regulariser as one that "maximizes the
+  entropy of the representation distribution in the embedding space and thus
+  implicitly encourages large intra-class variation and small inter-class
+  distance". A fully supervised batch has no unlabelled pairs for SERAPH's
+  term, so we take the batch version of that description: the distance-based
+  neighbour distribution p_i· of each example over the other batch examples,
+  whose entropy is maximal when all distances are equal -- same-class pairs
+  pushed apart, different-class pairs pulled in, which is exactly the effect
+  the paper ascribes to EN. Labels are accepted for a uniform signature and
+  not used. Its minimum is -log(B-1); a batch of one gives 0.
+
+  Args:
+    embeddings: ``[batch_size, dim]`` embeddings.
+    labels: ``[batch_size]`` integer class ids (unused).
+    temperature: τ > 0 scaling the distances (D ∈ [0, 4] on the sphere).
+    normalize: L2-normalise the embeddings first.
+
+  Returns:
+    ``(loss, aux)`` with the scalar ``neighbour_entropy`` (mean H, = -loss).
+
+  References:
+    Niu, Dai, Yamada, Sugiyama, "Information-theoretic Semi-supervised Metric
+    Learning via Entropy Regularization", ICML 2012.
+  """
+  _check_batch(embeddings, labels, "entropy_regularizer")
+  if not temperature > 0:
+    raise ValueError(f"entropy_regularizer: temperature must be > 0, got "
+                     f"{temperature}.")
+  del labels
+  x = l2_normalize(embeddings) if normalize else embeddings
+  b = x.shape[0]
+  if b < 2:  # static: no neighbours, zero entropy
+    zero = jnp.sum(x) * 0.0
+    return zero, {"neighbour_entropy": zero}
+  sq = jnp.sum(x * x, axis=-1)
+  gram = jnp.matmul(x, x.T, precision=_HIGHEST)
+  dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+  off_diag = ~jnp.eye(b, dtype=bool)
+  logits = -dist / temperature
+  log_p = logits - jax.nn.logsumexp(logits, axis=-1, where=off_diag,
+                                    keepdims=True)
+  p = jnp.where(off_diag, jnp.exp(log_p), 0.0)
+  entropy = -jnp.sum(p * log_p, axis=-1)                          # [B]
+  mean_entropy = jnp.mean(entropy)
+  return -mean_entropy, {"neighbour_entropy": mean_entropy}

@@ -1,0 +1,98 @@
+"""Pairwise distances, L2 normalisation and label masks for metric losses.
+
+Everything here is safe to differentiate at the points metric learning hits
+all the time: two identical embeddings (distance exactly 0, where ``sqrt`` has
+an infinite derivative) and the all-zero embedding (where normalising divides
+by zero). Both use the "safe" trick of evaluating the singular function only
+on a substituted argument, so the gradient there is a finite subgradient (0)
+instead of NaN.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Full float32 products even where the backend would default to TF32/bf16: the
+# expanded form |x|^2 + |y|^2 - 2 x.y cancels catastrophically otherwise.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def safe_sqrt(x: Array) -> Array:
+  """``sqrt(max(x, 0))`` whose gradient at 0 is 0 rather than ``inf``/NaN."""
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+
+
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
+  r"""Projects ``x`` onto the unit sphere, :math:`x / \max(\|x\|_2, \epsilon)`.
+
+  The zero vector stays zero and has a finite gradient.
+  """
+  sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
+
+
+def pairwise_distances(x: Array, y: Array | None = None, *,
+                       squared: bool = False) -> Array:
+  r"""Euclidean distances between the rows of ``x`` and the rows of ``y``.
+
+  .. math::
+    D_{ij}^2 = \|x_i\|^2 + \|y_j\|^2 - 2\, x_i \cdot y_j, \qquad
+    D_{ij} = \sqrt{\max(D_{ij}^2, 0)}
+
+  The expanded form costs one ``[n, d] x [d, m]`` matrix product (no
+  ``[n, m, d]`` difference tensor). Round-off can make :math:`D^2` slightly
+  negative; it is clipped at 0. With ``y=None`` the diagonal is exactly 0. The
+  square root is the safe one: its gradient at a zero distance is 0.
+
+  Args:
+    x: ``[n, dim]`` array.
+    y: ``[m, dim]`` array, or ``None`` for ``y = x``.
+    squared: return :math:`D^2` instead of :math:`D`.
+
+  Returns:
+    ``[n, m]`` distances.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> pairwise_distances(jnp.array([[0., 0.], [3., 4.]]))
+    Array([[0., 5.],
+           [5., 0.]], dtype=float32)
+  """
+  self_distances = y is None
+  y = x if y is None else y
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(
+        "pairwise_distances: x and y must be [n, dim] and [m, dim] with the "
+        f"same dim, got shapes {x.shape} and {y.shape}.")
+  sq = (jnp.sum(jnp.square(x), axis=1)[:, None]
+        + jnp.sum(jnp.square(y), axis=1)[None, :]
+        - 2 * jnp.matmul(x, y.T, precision=_PRECISION))
+  sq = jnp.maximum(sq, 0)
+  if self_distances:
+    sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0, sq)
+  return sq if squared else safe_sqrt(sq)
+
+
+def similarity_matrix(x: Array, y: Array | None = None) -> Array:
+  """Dot products ``x @ y.T`` at full precision (``y=None`` for ``y = x``)."""
+  y = x if y is None else y
+  return jnp.matmul(x, y.T, precision=_PRECISION)
+
+
+def same_class_mask(labels: Array) -> Array:
+  """``[B, B]`` bool, True where ``labels[i] == labels[j]`` (diagonal included)."""
+  return labels[:, None] == labels[None, :]
+
+
+def positive_mask(labels: Array) -> Array:
+  """``[B, B]`` bool, True for positive pairs: same class and ``i != j``."""
+  n = labels.shape[0]
+  return same_class_mask(labels) & ~jnp.eye(n, dtype=bool)
+
+
+def negative_mask(labels: Array) -> Array:
+  """``[B, B]`` bool, True for negative pairs: different classes."""
+  return ~same_class_mask(labels)

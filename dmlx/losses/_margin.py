@@ -1,0 +1,252 @@
+"""Margin loss with distance-weighted negative sampling (Wu et al., 2017).
+
+Two pieces, each usable alone:
+
+* :func:`distance_weighted_sampling` draws, for every positive pair ``(a, p)``,
+  one negative ``n`` of the anchor with probability proportional to
+  ``q(D_an)^{-1}``, the inverse density of pairwise distances between points
+  uniform on the unit sphere, restricted to ``cutoff <= D < nonzero_loss_cutoff``.
+* :func:`margin_loss` applies ``[alpha + y (D_ij - beta)]_+`` to the positive
+  pairs and the sampled negative pairs, with a learnable boundary ``beta``
+  (one per class, or one for all) kept in ``params``.
+
+The sampling is a function of ``stop_gradient`` distances and an explicit PRNG
+key, so it carries no gradient and is reproducible.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dmlx.losses import _common
+from dmlx.losses import _distances
+
+Array = jax.Array
+_SAMPLERS = ("inverse_cdf", "categorical")
+
+
+def init_margin_loss(num_classes: int, beta0: float = 1.2, *,
+                     beta_per_class: bool = False) -> dict[str, Array]:
+  """Initial margin-loss parameters: ``{'beta': [] or [num_classes]}``.
+
+  Args:
+    num_classes: number of training classes (used when ``beta_per_class``).
+    beta0: initial boundary :math:`\\beta^{(0)}` (1.2 in Wu et al.).
+    beta_per_class: one :math:`\\beta` per class instead of one shared.
+
+  Returns:
+    ``{'beta': beta}``, a float32 scalar or ``[num_classes]`` vector.
+
+  Examples:
+    >>> init_margin_loss(3, beta_per_class=True)["beta"].shape
+    (3,)
+  """
+  if beta_per_class and int(num_classes) < 1:
+    raise ValueError(
+        f"init_margin_loss: num_classes must be >= 1, got {num_classes!r}.")
+  shape = (int(num_classes),) if beta_per_class else ()
+  return {"beta": jnp.full(shape, beta0, jnp.float32)}
+
+
+def distance_weighted_log_weights(distances: Array, dim: int, *,
+                                  cutoff: float = 0.5,
+                                  nonzero_loss_cutoff: float = 1.4) -> Array:
+  r"""Unnormalised log sampling weights :math:`\log q(d)^{-1}` (Wu et al.).
+
+  .. math::
+    \log q(d) = (n - 2) \log d + \frac{n - 3}{2} \log\Big(1 - \frac{d^2}{4}\Big)
+
+  for :math:`n` = ``dim``, with :math:`d` clipped below at ``cutoff`` (the
+  paper's :math:`\lambda`, against the variance of very close pairs) and, only
+  to keep the logarithm finite, above at ``nonzero_loss_cutoff``; the caller
+  zeroes weights for :math:`d \ge` ``nonzero_loss_cutoff``.
+
+  Args:
+    distances: any-shape array of distances between unit-norm embeddings.
+    dim: embedding dimension :math:`n`.
+    cutoff: lower clip :math:`\lambda`.
+    nonzero_loss_cutoff: upper limit, ``< 2``.
+
+  Returns:
+    ``-log q(clip(d))``, same shape as ``distances``.
+  """
+  d = jnp.clip(distances, cutoff, nonzero_loss_cutoff)
+  log_q = ((dim - 2.0) * jnp.log(d)
+           + (dim - 3.0) / 2.0 * jnp.log(1.0 - 0.25 * jnp.square(d)))
+  return -log_q
+
+
+def distance_weighted_sampling(rng: Array, distances: Array, labels: Array, *,
+                               dim: int, cutoff: float = 0.5,
+                               nonzero_loss_cutoff: float = 1.4,
+                               sampler: str = "inverse_cdf"
+                               ) -> tuple[Array, Array]:
+  r"""Samples one negative per (anchor, positive) pair, weighted by 1/q(d).
+
+  For anchor :math:`a`, negative :math:`n` is drawn with probability
+
+  .. math::
+    \Pr(n \mid a) \propto \min\big(\lambda_{\max},\, q(D_{an})^{-1}\big)
+      \cdot [y_n \ne y_a] \cdot [D_{an} < \text{nonzero\_loss\_cutoff}]
+
+  (Wu et al., section 4; the cap :math:`\lambda_{\max}` comes from clipping
+  :math:`d` at ``cutoff``), independently for every pair :math:`(a, \cdot)`.
+  An anchor whose negatives all lie beyond ``nonzero_loss_cutoff`` samples
+  uniformly among its negatives (the authors' code falls back to uniform
+  too); an anchor without negatives gets index 0 and ``has_negative=False``.
+
+  ``sampler="inverse_cdf"`` draws by binary search in each anchor's cumulative
+  weights (``O(B^2 log B)``); ``"categorical"`` calls
+  ``jax.random.categorical``, which draws a Gumbel variate per candidate, i.e.
+  ``B^3`` variates for ``B^2`` pairs, far slower for large batches. Both draw
+  from the same distribution, not the same samples.
+
+  Args:
+    rng: PRNG key.
+    distances: ``[B, B]`` distances between unit-norm embeddings (used
+      without gradient).
+    labels: ``[B]`` integer labels.
+    dim: embedding dimension :math:`n` in :math:`q(d)`.
+    cutoff: :math:`\lambda`, lower clip on :math:`d`.
+    nonzero_loss_cutoff: negatives this far or farther are never drawn.
+    sampler: ``"inverse_cdf"`` or ``"categorical"``.
+
+  Returns:
+    ``(negatives, has_negative)``: ``[B, B]`` int32, the negative drawn for
+    pair ``(a, p)`` at ``[a, p]`` (meaningful where ``(a, p)`` is a positive
+    pair), and ``[B]`` bool.
+  """
+  _common.check_choice("distance_weighted_sampling", "sampler", sampler,
+                       _SAMPLERS)
+  d = jax.lax.stop_gradient(distances)
+  b = d.shape[0]
+  neg = _distances.negative_mask(labels)
+  has_negative = jnp.any(neg, axis=1)
+  in_range = neg & (d < nonzero_loss_cutoff)
+  log_w = distance_weighted_log_weights(
+      d, dim, cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+  use_weights = jnp.any(in_range, axis=1, keepdims=True)
+  allowed = jnp.where(use_weights, in_range, neg)
+  log_w = jnp.where(use_weights, log_w, 0)
+  if sampler == "categorical":
+    logits = jnp.where(allowed, log_w, -jnp.inf)
+    logits = jnp.where(has_negative[:, None], logits, 0)
+    # Draws are [p, a]: the batch shape of logits ([a]) is trailing.
+    negatives = jax.random.categorical(rng, logits, axis=-1, shape=(b, b)).T
+  else:
+    shift = jnp.max(jnp.where(allowed, log_w, -jnp.inf), axis=1, keepdims=True)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0)
+    w = jnp.exp(jnp.where(allowed, log_w - shift, -jnp.inf))
+    cdf = jnp.cumsum(w, axis=1)
+    total = cdf[:, -1:]
+    u = jax.random.uniform(rng, (b, b), dtype=cdf.dtype) * total
+    negatives = jax.vmap(lambda c, q: jnp.searchsorted(c, q, side="right"))(
+        cdf, u)
+    # u * total can round up to total: stay on the last drawable negative.
+    last = b - 1 - jnp.argmax(allowed[:, ::-1], axis=1)
+    negatives = jnp.minimum(negatives, last[:, None])
+  negatives = jnp.where(has_negative[:, None], negatives, 0)
+  return negatives.astype(jnp.int32), has_negative
+
+
+def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
+                rng: Array, *, alpha: float = 0.2, beta_per_class: bool = False,
+                cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
+                nu: float = 0.0, normalize: bool = True,
+                sampler: str = "inverse_cdf"
+                ) -> tuple[Array, dict[str, Array]]:
+  r"""Margin loss on positive pairs and distance-weighted negatives.
+
+  .. math::
+    \ell(i, j) = \big[\alpha + y_{ij} (D_{ij} - \beta_{y_i})\big]_+, \qquad
+    L = \frac{\sum_{(a,p)} \ell(a, p) + \ell(a, n_{ap})
+              + \nu \sum_{(a,p)} \beta_{y_a}}
+             {\#\{\text{nonzero } \ell\}}
+
+  with :math:`y_{ij} = +1` for the positive pairs :math:`(a, p)` and
+  :math:`-1` for the sampled negative pair :math:`(a, n_{ap})`, one per
+  positive pair (:func:`distance_weighted_sampling`). As in the authors'
+  implementation the :math:`\nu`-regulariser sums :math:`\beta` over the
+  pairs and everything is divided by the number of nonzero terms (at least
+  1). Anchors without negatives keep their positive terms. Embeddings are
+  L2-normalised first (``normalize=True``): the sampling density assumes the
+  unit sphere, and :math:`\beta_0 = 1.2` is a distance on it.
+
+  Args:
+    embeddings: ``[batch_size, dim]`` embeddings.
+    labels: ``[batch_size]`` integer labels in ``[0, num_classes)`` (the range
+      matters only with ``beta_per_class``).
+    params: ``{'beta': []}`` or ``{'beta': [num_classes]}`` from
+      :func:`init_margin_loss`; trained with the network.
+    rng: PRNG key for the negative sampling.
+    alpha: margin :math:`\alpha` around the boundary.
+    beta_per_class: index :math:`\beta` by the anchor's class.
+    cutoff: :math:`\lambda`, lower clip of the sampling distance.
+    nonzero_loss_cutoff: negatives at this distance or more are not sampled.
+    nu: weight :math:`\nu` of the :math:`\beta` regulariser.
+    normalize: L2-normalise the embeddings first.
+    sampler: see :func:`distance_weighted_sampling`.
+
+  Returns:
+    ``(loss, aux)``: scalar loss and aux with ``fraction_active`` (nonzero
+    terms over all terms), ``beta`` (mean :math:`\beta`) and
+    ``negative_distance`` (mean distance of the sampled negatives).
+
+  References:
+    Wu, Manmatha, Smola & Krähenbühl, Sampling Matters in Deep Embedding
+    Learning, ICCV 2017 (section 4, distance weighted sampling; section 5,
+    margin-based loss and the learned boundary beta).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+    >>> params = init_margin_loss(num_classes=4)
+    >>> loss, aux = margin_loss(x, jnp.arange(8) // 2, params,
+    ...                         jax.random.PRNGKey(1))
+    >>> loss.shape
+    ()
+  """
+  name = "margin_loss"
+  embeddings, labels = _common.check_inputs(embeddings, labels, name)
+  _common.check_positive(name, "cutoff", cutoff)
+  if not 0 < nonzero_loss_cutoff < 2 or cutoff >= nonzero_loss_cutoff:
+    raise ValueError(
+        f"{name}: need 0 < cutoff < nonzero_loss_cutoff < 2, got cutoff="
+        f"{cutoff!r}, nonzero_loss_cutoff={nonzero_loss_cutoff!r}.")
+  beta = _check_beta(name, params, beta_per_class)
+  x = _distances.l2_normalize(embeddings) if normalize else embeddings
+  d = _distances.pairwise_distances(x)
+  negatives, has_negative = distance_weighted_sampling(
+      rng, d, labels, dim=embeddings.shape[1], cutoff=cutoff,
+      nonzero_loss_cutoff=nonzero_loss_cutoff, sampler=sampler)
+  pos = _distances.positive_mask(labels)
+  with_neg = pos & has_negative[:, None]
+  beta_a = (beta[labels] if beta_per_class
+            else jnp.broadcast_to(beta, labels.shape))[:, None]
+  d_an = jnp.take_along_axis(d, negatives, axis=1)
+  pos_loss = jnp.where(pos, jax.nn.relu(alpha + d - beta_a), 0)
+  neg_loss = jnp.where(with_neg, jax.nn.relu(alpha - d_an + beta_a), 0)
+  num_nonzero = _common.count(pos_loss > 0) + _common.count(neg_loss > 0)
+  beta_reg = nu * jnp.sum(jnp.where(pos, beta_a, 0))
+  loss = _common.safe_divide(
+      jnp.sum(pos_loss) + jnp.sum(neg_loss) + beta_reg, num_nonzero)
+  num_terms = _common.count(pos) + _common.count(with_neg)
+  return loss, {
+      "fraction_active": _common.safe_divide(num_nonzero, num_terms),
+      "beta": jnp.mean(beta),
+      "negative_distance": _common.masked_mean(d_an, with_neg),
+  }
+
+
+def _check_beta(name: str, params, beta_per_class: bool) -> Array:
+  if not hasattr(params, "keys") or "beta" not in params:
+    raise ValueError(
+        f"{name}: params must be a dict with key 'beta' (see "
+        f"init_margin_loss), got {type(params).__name__}.")
+  beta = jnp.asarray(params["beta"])
+  want = 1 if beta_per_class else 0
+  if beta.ndim != want:
+    raise ValueError(
+        f"{name}: params['beta'] must have {want} dimension(s) with "
+        f"beta_per_class={beta_per_class}, got shape {beta.shape}.")
+  return beta

@@ -1,0 +1,375 @@
+"""NNGK training method: centre bank refresh, classifier and ``make(config)``.
+
+Meyer, Harwood & Drummond, "Deep metric learning and image classification with
+nearest neighbour Gaussian kernels", ICIP 2018.
+
+The host half of NNGK (the jittable loss is :mod:`dmlx.losses._nngk`):
+
+* the *centre bank* (:class:`CentreBank`): the training set embedded without
+  dropout, and each example's k approximate nearest centres (never itself),
+  found with FAISS; built before the first epoch and rebuilt every
+  ``update_interval`` epochs ("periodic asynchronous updates of all centres",
+  Section 2.3); shapes are static so the jitted step is not recompiled;
+* the loss: the batch's current (dropout) embeddings against the stored
+  centres of its rows, eq. 3, with a learned weight w_i per centre;
+* the classifier (eq. 3 for test images): FAISS k-NN of test embeddings among
+  the training centres, then the weighted Gaussian kernel vote.
+
+Config fields read (``config.method.*``; defaults follow the paper):
+
+* ``sigma`` (float, default 10.0): the global kernel width σ of eq. 1, in
+  units of embedding distance. The paper uses *unnormalised* embeddings with
+  σ = 10-30 for 64-1024-d GoogLeNet embeddings (Section 3.1) and σ ≈ 100 for
+  4096-d VGG16 FC7 (Section 3.2). With L2-normalised embeddings
+  ‖x - c‖² = 2 - 2 cos(x, c) ≤ 4, so f(x, c) ∝ exp(cos(x, c) / σ²): σ² is the
+  temperature of a softmax over cosine similarities, and σ must be ≲ 0.5 for
+  the kernels to discriminate (σ = 10 makes every kernel ≈ 1). NNGK configs
+  should therefore set the model's embedding normalisation off, as the paper
+  does, or scale σ accordingly. Every refresh logs the mean squared distance
+  to the nearest centre and its kernel value (the paper's Fig. 4b/c) to help
+  choose σ.
+* ``num_neighbours`` (int, default 100): k, the candidate neighbours per
+  training example (Section 3.1), also used by the classifier.
+* ``update_interval`` (int, default 10): epochs between bank refreshes.
+* ``learn_weights`` (bool, default True): learn w_i end-to-end (the paper's
+  ablation gives +0.69% accuracy over w_i = 1). False: no parameters, w_i = 1.
+* ``min_weight`` (float, default 1e-4): floor on w_i before its log. The paper
+  learns raw weights without a stated constraint; we keep the raw
+  parameterisation (``params['weights']``, initialised to 1, same gradients
+  and learning-rate semantics as the paper) and clip at this floor so ln w_i is
+  always defined. A weight pushed to the floor stops receiving gradient (the
+  centre is effectively pruned); ``aux['nngk_weight_at_floor']`` counts them.
+* ``index_type`` (str, default 'flat'): FAISS index of the refresh and the
+  classifier: 'flat' (exact), 'hnsw' or 'ivf' (approximate; the paper uses
+  the FANNG graph). See ``benchmarks/nngk_refresh.py`` for time vs recall.
+* ``index_kwargs`` (dict, default {}): extra :func:`dmlx.index.knn` options
+  (``nprobe``, ``nlist``, ``hnsw_m``, ``ef_search``).
+* ``feature`` (str, default 'embedding'): the named network output used as
+  the embedding (e.g. 'pooled' for the paper's ResNet pooling-layer setting).
+* ``reduction`` (str, default 'mean'): 'mean' over the batch examples that
+  have a same-class neighbour, or 'sum' (the paper's summed loss).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmlx import index as dmlx_index
+from dmlx.losses._nngk import CentreBank
+from dmlx.losses._nngk import nngk
+from dmlx.methods.base import HostContext
+from dmlx.methods.base import Method
+from dmlx.methods.base import ModelInfo
+
+__all__ = [
+    "CentreBank", "NNGKOptions", "accuracy", "build_bank", "class_log_probs",
+    "make", "predict",
+]
+
+_INDEX_TYPES = ("flat", "hnsw", "ivf")
+
+
+@dataclasses.dataclass(frozen=True)
+class NNGKOptions:
+  """The ``config.method`` fields NNGK reads (see the module docstring)."""
+  sigma: float = 10.0
+  num_neighbours: int = 100
+  update_interval: int = 10
+  learn_weights: bool = True
+  min_weight: float = 1e-4
+  index_type: str = "flat"
+  index_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  feature: str = "embedding"
+  reduction: str = "mean"
+
+  def __post_init__(self):
+    if not self.sigma > 0:
+      raise ValueError(f"config.method.sigma must be > 0, got {self.sigma!r}.")
+    for name in ("num_neighbours", "update_interval"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+          or value < 1:
+        raise ValueError(
+            f"config.method.{name} must be a positive integer, got {value!r}.")
+    if not self.min_weight > 0:
+      raise ValueError(
+          f"config.method.min_weight must be > 0, got {self.min_weight!r}.")
+    if self.index_type not in _INDEX_TYPES:
+      raise ValueError(f"config.method.index_type must be one of "
+                       f"{_INDEX_TYPES}, got {self.index_type!r}.")
+    if self.reduction not in ("mean", "sum"):
+      raise ValueError(f"config.method.reduction must be 'mean' or 'sum', "
+                       f"got {self.reduction!r}.")
+
+  @classmethod
+  def from_config(cls, config) -> "NNGKOptions":
+    """Reads ``config.method`` (a ConfigDict or mapping); missing = default."""
+    method = config.get("method", None) if hasattr(config, "get") else getattr(
+        config, "method", None)
+    method = {} if method is None else method
+    fields = {}
+    for f in dataclasses.fields(cls):
+      if f.name in method:
+        value = method[f.name]
+        if f.name == "index_kwargs":
+          value = dict(value.to_dict() if hasattr(value, "to_dict") else value)
+        fields[f.name] = value
+    return cls(**fields)
+
+
+# ----------------------------------------------------------------------------
+# Centre bank (Section 2.3)
+# ----------------------------------------------------------------------------
+
+
+def build_bank(embeddings: np.ndarray, labels: np.ndarray, *,
+               num_neighbours: int = 100, index_type: str = "flat",
+               **knn_kwargs) -> tuple[CentreBank, np.ndarray]:
+  """Builds the centre bank: centres and each one's k nearest other centres.
+
+  Section 2.2-2.3: every training embedding (computed without dropout) is a
+  Gaussian centre, and each training example's candidate neighbour list is
+  its approximate k nearest centres, excluding its own. Lists shorter than k
+  (k ≥ N, or an approximate index that found fewer) are padded with index 0
+  and masked, so the shapes depend only on N, D and k.
+
+  Args:
+    embeddings: ``[N, D]`` training embeddings.
+    labels: ``[N]`` int class labels.
+    num_neighbours: k.
+    index_type: ``'flat'`` (exact), ``'hnsw'`` or ``'ivf'``.
+    **knn_kwargs: further :func:`dmlx.index.knn` options.
+
+  Returns:
+    ``(bank, sq_distances [N, k])``: the :class:`CentreBank` as numpy arrays
+    (float32 centres, int32 labels/neighbours, bool mask) and the squared
+    distances FAISS reported (``+inf`` where masked), for logging.
+  """
+  embeddings = np.ascontiguousarray(embeddings, np.float32)
+  labels = np.asarray(labels)
+  if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
+    raise ValueError(f"build_bank needs embeddings [N, D] and labels [N], got "
+                     f"{embeddings.shape} and {labels.shape}.")
+  if index_type not in _INDEX_TYPES:
+    raise ValueError(f"index_type must be one of {_INDEX_TYPES}, got "
+                     f"{index_type!r}.")
+  if len(labels) < 2:
+    raise ValueError(f"NNGK needs at least 2 training examples, got "
+                     f"{len(labels)}.")
+  dist, nbrs = dmlx_index.knn(embeddings, None, int(num_neighbours),
+                              exclude_self=True, index_type=index_type,
+                              metric="l2", **knn_kwargs)
+  mask = nbrs >= 0
+  bank = CentreBank(
+      centres=embeddings,
+      labels=labels.astype(np.int32),
+      neighbours=np.where(mask, nbrs, 0).astype(np.int32),
+      mask=mask)
+  return bank, dist
+
+
+def _bank_stats(bank: CentreBank, sq_dist: np.ndarray,
+                sigma: float) -> dict[str, float]:
+  """Fig. 4b/c of the paper: distance and kernel value to the nearest centre,
+  and the fraction of examples with no same-class candidate."""
+  nearest = sq_dist[:, 0][np.isfinite(sq_dist[:, 0])]
+  nearest = np.maximum(nearest, 0.0)
+  same = (bank.labels[bank.neighbours] == bank.labels[:, None]) & bank.mask
+  return {
+      "mean_sq_dist_nearest": float(nearest.mean()) if nearest.size else 0.0,
+      "mean_kernel_nearest": float(np.exp(-nearest / (2 * sigma**2)).mean())
+                             if nearest.size else 0.0,
+      "no_positive_frac": float(1.0 - same.any(axis=1).mean()),
+  }
+
+
+def _refresh_bank(ctx: HostContext, opts: NNGKOptions,
+                  old: Optional[CentreBank]) -> CentreBank:
+  """Embeds the training set (no dropout) and rebuilds the bank, timing and
+  logging both halves."""
+  t0 = time.perf_counter()
+  embeddings = np.asarray(ctx.embed(opts.feature), np.float32)
+  t1 = time.perf_counter()
+  knn_kwargs = {"seed": int(ctx.seed), **opts.index_kwargs}  # IVF sampling
+  bank, sq_dist = build_bank(
+      embeddings, np.asarray(ctx.train.labels),
+      num_neighbours=opts.num_neighbours, index_type=opts.index_type,
+      **knn_kwargs)
+  t2 = time.perf_counter()
+  if old is not None:
+    for name in ("centres", "labels", "neighbours", "mask"):
+      new_shape, old_shape = getattr(bank, name).shape, getattr(old, name).shape
+      if new_shape != old_shape:
+        raise ValueError(f"NNGK refresh changed bank.{name} shape from "
+                         f"{old_shape} to {new_shape}.")
+  stats = _bank_stats(bank, sq_dist, opts.sigma)
+  ctx.log(
+      f"nngk refresh (epoch {ctx.epoch}): embed {t1 - t0:.2f}s, "
+      f"faiss {opts.index_type} k={opts.num_neighbours} {t2 - t1:.2f}s "
+      f"for N={len(bank.labels)} D={bank.centres.shape[1]}; "
+      f"mean d^2 to nearest centre {stats['mean_sq_dist_nearest']:.4g}, "
+      f"kernel f {stats['mean_kernel_nearest']:.4g} (sigma={opts.sigma}); "
+      f"no same-class candidate {stats['no_positive_frac']:.2%}")
+  return bank
+
+
+# ----------------------------------------------------------------------------
+# Classifier (eq. 3 at test time)
+# ----------------------------------------------------------------------------
+
+
+def class_log_probs(queries: np.ndarray, centres: np.ndarray,
+                    centre_labels: np.ndarray,
+                    weights: Optional[np.ndarray] = None, *, sigma: float,
+                    num_classes: Optional[int] = None,
+                    num_neighbours: int = 100, index_type: str = "flat",
+                    min_weight: float = 1e-4, **knn_kwargs) -> np.ndarray:
+  """Log class probabilities of eq. 3 for query embeddings.
+
+  The k nearest training centres of each query are found with FAISS; their
+  weighted kernel values are summed per class and normalised. Computed in the
+  log domain (shifted by each query's largest logit), so far queries do not
+  underflow. Classes with no centre among the neighbours get ``-inf``.
+
+  Args:
+    queries: ``[Q, D]`` query embeddings (e.g. test images).
+    centres: ``[N, D]`` training centres.
+    centre_labels: ``[N]`` their int classes.
+    weights: ``[N]`` centre weights w_i, or None for 1.
+    sigma: kernel width σ.
+    num_classes: C (default ``max(centre_labels) + 1``).
+    num_neighbours: k.
+    index_type: ``'flat'``, ``'hnsw'`` or ``'ivf'``.
+    min_weight: floor on w_i (as in the loss).
+    **knn_kwargs: further :func:`dmlx.index.knn` options.
+
+  Returns:
+    ``[Q, C]`` float64 log Pr(x ∈ class).
+  """
+  if not sigma > 0:
+    raise ValueError(f"sigma must be > 0, got {sigma!r}.")
+  centre_labels = np.asarray(centre_labels).astype(np.int64)
+  if num_classes is None:
+    num_classes = int(centre_labels.max()) + 1
+  if weights is None:
+    weights = np.ones(len(centre_labels), np.float64)
+  weights = np.asarray(weights, np.float64)
+  if weights.shape != centre_labels.shape:
+    raise ValueError(f"weights shape {weights.shape} != centre_labels shape "
+                     f"{centre_labels.shape}.")
+  k = min(int(num_neighbours), len(centre_labels))
+  sq_dist, nbrs = dmlx_index.knn(queries, centres, k, index_type=index_type,
+                                 metric="l2", **knn_kwargs)
+  valid = nbrs >= 0
+  safe = np.where(valid, nbrs, 0)
+  d2 = np.maximum(sq_dist.astype(np.float64), 0.0)
+  logits = (np.log(np.maximum(weights[safe], min_weight))
+            - d2 / (2.0 * float(sigma)**2))
+  logits = np.where(valid, logits, -np.inf)
+  peak = logits.max(axis=1, keepdims=True)
+  mass = np.where(valid, np.exp(logits - peak), 0.0)         # [Q, k]
+  q = len(logits)
+  flat = (np.arange(q)[:, None] * num_classes + centre_labels[safe]).ravel()
+  per_class = np.bincount(flat, weights=mass.ravel(),
+                          minlength=q * num_classes).reshape(q, num_classes)
+  with np.errstate(divide="ignore"):
+    return np.log(per_class) - np.log(per_class.sum(axis=1, keepdims=True))
+
+
+def predict(queries: np.ndarray, centres: np.ndarray,
+            centre_labels: np.ndarray, weights: Optional[np.ndarray] = None,
+            *, sigma: float, num_neighbours: int = 100,
+            index_type: str = "flat", min_weight: float = 1e-4,
+            **knn_kwargs) -> np.ndarray:
+  """NNGK classifier (eq. 3): the class with the largest weighted kernel
+  mass among each query's k nearest training centres.
+
+  Args: as :func:`class_log_probs`.
+
+  Returns:
+    ``[Q]`` int predicted classes.
+  """
+  log_p = class_log_probs(queries, centres, centre_labels, weights,
+                          sigma=sigma, num_neighbours=num_neighbours,
+                          index_type=index_type, min_weight=min_weight,
+                          **knn_kwargs)
+  return np.argmax(log_p, axis=1)
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+  """Fraction of correct predictions (the paper's test accuracy, Table 3-4)."""
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  if predictions.shape != labels.shape or predictions.ndim != 1:
+    raise ValueError(f"predictions {predictions.shape} and labels "
+                     f"{labels.shape} must be equal-length 1-d arrays.")
+  if labels.size == 0:
+    raise ValueError("accuracy of an empty set.")
+  return float(np.mean(predictions == labels))
+
+
+# ----------------------------------------------------------------------------
+# Method factory
+# ----------------------------------------------------------------------------
+
+
+def make(config) -> Method:
+  """Builds the NNGK :class:`~dmlx.methods.base.Method` from ``config``.
+
+  ``config.method`` fields: see the module docstring / :class:`NNGKOptions`.
+  """
+  opts = NNGKOptions.from_config(config)
+
+  def init_params(rng: jax.Array, info: ModelInfo) -> dict:
+    del rng
+    if not opts.learn_weights:
+      return {}
+    # w_i initialised to 1 (the paper's fixed-weight value).
+    return {"weights": jnp.ones((info.num_train,), jnp.float32)}
+
+  def init_state(ctx: HostContext) -> CentreBank:
+    return _refresh_bank(ctx, opts, None)
+
+  def refresh(ctx: HostContext, state: CentreBank) -> CentreBank:
+    return _refresh_bank(ctx, opts, state)
+
+  def loss(params: dict, outputs: Mapping[str, jax.Array], batch: Mapping,
+           state: CentreBank, rng: jax.Array) -> tuple[jax.Array, dict]:
+    del rng
+    if opts.feature not in outputs:
+      raise ValueError(f"NNGK feature {opts.feature!r} not in network outputs "
+                       f"{sorted(outputs)}.")
+    weights = params["weights"] if opts.learn_weights else None
+    return nngk(outputs[opts.feature], batch["labels"], batch["index"], state,
+                weights, sigma=opts.sigma, min_weight=opts.min_weight,
+                reduction=opts.reduction)
+
+  def evaluate(ctx: HostContext, state: CentreBank, test_dataset,
+               test_embeddings: np.ndarray) -> dict:
+    """Test accuracy of the eq. 3 classifier (classification splits only).
+
+    The centres are re-embedded with the final weights (the stored bank may be
+    up to ``update_interval`` epochs stale)."""
+    del state
+    if tuple(test_dataset.class_names) != tuple(ctx.train.class_names):
+      return {}  # zero-shot split: test classes have no training centres.
+    if opts.feature != "embedding":
+      test_embeddings = ctx.embed(opts.feature, test_dataset)
+    centres = np.asarray(ctx.embed(opts.feature), np.float32)
+    weights = None
+    if opts.learn_weights and ctx.params and "weights" in ctx.params:
+      weights = np.asarray(ctx.params["weights"])
+    pred = predict(np.asarray(test_embeddings, np.float32), centres,
+                   np.asarray(ctx.train.labels), weights, sigma=opts.sigma,
+                   num_neighbours=opts.num_neighbours,
+                   index_type=opts.index_type, min_weight=opts.min_weight,
+                   **opts.index_kwargs)
+    return {"nngk_accuracy": accuracy(pred, np.asarray(test_dataset.labels))}
+
+  return Method(name="nngk", loss=loss, init_params=init_params,
+                init_state=init_state, refresh=refresh,
+                refresh_every=opts.update_interval, evaluate=evaluate)

@@ -1,0 +1,298 @@
+"""Layers shared by the dmlx backbones: a CPU-friendly Conv, BatchNorm, pooling.
+
+* ``Conv`` is a drop-in for ``flax.linen.Conv`` (2-D, channels last) with the
+  same parameters -- ``'kernel'`` ``[kh, kw, c_in, c_out]`` and ``'bias'``
+  ``[c_out]`` -- so checkpoints are interchangeable. When the output feature
+  map is small (both spatial sides <= ``im2col_max_size``, known statically at
+  trace time) it computes the convolution as im2col + one matrix product
+  (``einsum``): XLA:CPU runs ``lax.conv_general_dilated`` on maps of 1x1..4x4
+  at a few GFLOP/s, a matmul at ~70-150 (see ``DEFAULT_IM2COL_MAX_SIZE``).
+* ``batch_norm`` builds an ``nn.BatchNorm`` whose statistics are frozen when
+  asked ("freeze BatchNorm statistics", as DML papers fine-tuning ImageNet
+  models do); statistics live in the ``'batch_stats'`` collection.
+* ``max_pool`` / ``avg_pool`` follow PyTorch/Caffe semantics (``ceil_mode``,
+  ``count_include_pad``) so that torchvision / Caffe models port exactly.
+* ``global_pool`` reduces ``[B, H, W, C]`` maps to ``[B, C]`` vectors.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+PaddingLike = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
+
+# Largest spatial side of a Conv *output* map computed by im2col + einsum.
+# Measured with this repo's Conv on a 2-core XLA:CPU machine (shared, noisy),
+# fwd+bwd, batch 32, C_in = C_out = 512, ms per step (lax / im2col):
+#   3x3 stride 1, input 1x1: 28 / 8     2x2: 794 / 17    3x3: 35 / 28
+#                 4x4: 60 / 47 .. 51 / 45                5x5: 77 / 158 .. 118 / 82
+#   3x3 stride 2, input 4x4 (out 2x2): 571 / 31   6x6 (out 3x3): 45 / 30
+#                 8x8 (out 4x4): 65 / 50 .. 52 / 45;  C=256: 14 / 18 .. 12 / 13
+#   1x1 convs: im2col (= a plain matmul) is 1-1.7x faster at every size <= 8.
+# Outputs <= 3x3 are where lax.conv is reliably slower (up to 45x); at 4x4 the
+# two are within noise of each other, so the default stops at 3.
+DEFAULT_IM2COL_MAX_SIZE = 3
+
+POOLINGS = ("avg", "max")
+
+
+def _pair(x: int | Sequence[int], what: str) -> tuple[int, int]:
+  if isinstance(x, (int, np.integer)):
+    return int(x), int(x)
+  x = tuple(int(v) for v in x)
+  if len(x) != 2:
+    raise ValueError(f"{what} must be an int or a pair, got {x!r}")
+  return x
+
+
+def explicit_padding(
+    padding: PaddingLike,
+    in_size: tuple[int, int],
+    kernel_size: tuple[int, int],
+    strides: tuple[int, int],
+) -> list[tuple[int, int]]:
+  """Returns ``[(lo, hi), (lo, hi)]`` for the two spatial axes.
+
+  Accepts the padding forms of ``flax.linen.Conv``: ``'SAME'``, ``'VALID'``,
+  an int, a pair of ints (symmetric per axis) or a pair of ``(lo, hi)`` pairs.
+  """
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "VALID"):
+      raise ValueError(
+          f"padding must be 'SAME', 'VALID', an int or pairs, got {padding!r}")
+    return [tuple(p) for p in lax.padtype_to_pads(
+        in_size, kernel_size, strides, padding.upper())]
+  if isinstance(padding, (int, np.integer)):
+    return [(int(padding), int(padding))] * 2
+  padding = list(padding)
+  if len(padding) != 2:
+    raise ValueError(f"padding must give 2 spatial axes, got {padding!r}")
+  out = []
+  for p in padding:
+    if isinstance(p, (int, np.integer)):
+      out.append((int(p), int(p)))
+    elif len(p) == 2:
+      out.append((int(p[0]), int(p[1])))
+    else:
+      raise ValueError(f"bad padding entry {p!r} in {padding!r}")
+  return out
+
+
+def im2col_conv2d(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: list[tuple[int, int]],
+    precision: Any = None,
+) -> Array:
+  """2-D convolution as im2col + matrix product.
+
+  Each output pixel gathers its ``kh * kw`` input taps (shifted, strided
+  slices of the zero-padded input, stacked on a new axis) and contracts them
+  with the kernel: ``y[b,i,j,o] = sum_{u,v,c} x_pad[b, i*sh+u, j*sw+v, c]
+  kernel[u,v,c,o]``, the cross-correlation ``lax.conv_general_dilated``
+  computes (no kernel flip).
+
+  Args:
+    x: ``[B, H, W, C_in]`` input.
+    kernel: ``[kh, kw, C_in, C_out]``.
+    strides: ``(sh, sw)``.
+    padding: explicit ``[(lo, hi), (lo, hi)]``.
+    precision: passed to ``jnp.einsum``.
+
+  Returns:
+    ``[B, H_out, W_out, C_out]``.
+  """
+  kh, kw, _, _ = kernel.shape
+  sh, sw = strides
+  xp = jnp.pad(x, [(0, 0), padding[0], padding[1], (0, 0)])
+  hp, wp = xp.shape[1], xp.shape[2]
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  if ho < 1 or wo < 1:
+    raise ValueError(
+        f"kernel {kernel.shape[:2]} larger than padded input {(hp, wp)}")
+  taps = [
+      xp[:, u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw, :]
+      for u in range(kh) for v in range(kw)
+  ]
+  patches = jnp.stack(taps, axis=3)  # [B, ho, wo, kh*kw, C_in]
+  w = kernel.reshape((kh * kw,) + kernel.shape[2:])
+  return jnp.einsum("bhwkc,kco->bhwo", patches, w, precision=precision)
+
+
+class Conv(nn.Module):
+  """``flax.linen.Conv`` (2-D) with an im2col + einsum path for small maps.
+
+  Same attributes (the subset the backbones use), parameter names, shapes and
+  initialisers as ``nn.Conv``; the output is the same convolution whichever
+  path runs. The im2col path is taken when both *output* spatial sides are
+  ``<= im2col_max_size`` (0 disables it), which covers the slow XLA:CPU cases
+  (stride-1 convs on tiny maps and stride-2 convs into them).
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = "SAME"
+  use_bias: bool = True
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  im2col_max_size: int = DEFAULT_IM2COL_MAX_SIZE
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim < 3:
+      raise ValueError(f"Conv expects [..., H, W, C] input, got {x.shape}")
+    kernel_size = _pair(self.kernel_size, "kernel_size")
+    strides = _pair(self.strides, "strides")
+    batch_shape = x.shape[:-3]
+    x = x.reshape((-1,) + x.shape[-3:])
+    in_size = (x.shape[1], x.shape[2])
+    kernel = self.param("kernel", self.kernel_init,
+                        kernel_size + (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    padding = explicit_padding(self.padding, in_size, kernel_size, strides)
+    out_size = [(in_size[a] + sum(padding[a]) - kernel_size[a]) // strides[a]
+                + 1 for a in range(2)]
+    if min(out_size) < 1:
+      raise ValueError(f"Conv kernel {kernel_size} with padding {padding} "
+                       f"does not fit input of spatial size {in_size}")
+    if max(out_size) <= self.im2col_max_size:
+      y = im2col_conv2d(x, kernel, strides, padding, self.precision)
+    else:
+      y = lax.conv_general_dilated(
+          x, kernel, strides, padding,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return y.reshape(batch_shape + y.shape[1:])
+
+
+def batch_norm(
+    *,
+    train: bool,
+    frozen: bool = False,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    dtype: Dtype | None = None,
+    name: str | None = None,
+    **kwargs,
+) -> nn.BatchNorm:
+  """Batch normalisation (Ioffe & Szegedy, 2015, Alg. 1) with freezable stats.
+
+  In training the batch mean/variance normalise and the running averages in
+  ``'batch_stats'`` move by ``momentum`` (flax convention: ``new = momentum *
+  old + (1 - momentum) * batch``; PyTorch's momentum 0.1 is flax's 0.9). With
+  ``frozen=True`` the running statistics are used and left unchanged even when
+  ``train`` is true ("frozen BatchNorm" fine-tuning); the affine scale and
+  bias stay trainable parameters.
+
+  Returns the module (call it on the input); built inside a compact method.
+  """
+  return nn.BatchNorm(use_running_average=(not train) or frozen,
+                      momentum=momentum, epsilon=epsilon, dtype=dtype,
+                      name=name, **kwargs)
+
+
+def _pool_padding(size: int, window: int, stride: int, pad: int,
+                  ceil_mode: bool) -> tuple[int, int, int]:
+  """PyTorch pooling output size and ``(lo, hi)`` padding along one axis."""
+  span = size + 2 * pad - window
+  if span < 0:
+    raise ValueError(
+        f"pool window {window} larger than padded input {size + 2 * pad}")
+  if ceil_mode:
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + pad:  # last window must start inside
+      out -= 1
+  else:
+    out = span // stride + 1
+  hi = (out - 1) * stride + window - size - pad
+  return out, pad, hi
+
+
+def _pool_pads(x: Array, window, stride, padding, ceil_mode):
+  window, stride, padding = (_pair(window, "window"), _pair(stride, "stride"),
+                             _pair(padding, "padding"))
+  pads = [_pool_padding(x.shape[-3 + a], window[a], stride[a], padding[a],
+                        ceil_mode)[1:] for a in range(2)]
+  return window, stride, padding, pads
+
+
+def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
+             padding: int | Sequence[int] = 0, ceil_mode: bool = False
+             ) -> Array:
+  """Max pooling over ``[B, H, W, C]`` with PyTorch ``MaxPool2d`` semantics.
+
+  ``padding`` is symmetric (padded with -inf); ``ceil_mode`` rounds the output
+  size up as Caffe and ``torch.nn.MaxPool2d(ceil_mode=True)`` do.
+  """
+  window, stride, _, pads = _pool_pads(x, window, stride, padding, ceil_mode)
+  init = jnp.array(-jnp.inf, x.dtype)
+  return lax.reduce_window(x, init, lax.max, (1,) + window + (1,),
+                           (1,) + stride + (1,),
+                           [(0, 0)] + pads + [(0, 0)])
+
+
+def avg_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
+             padding: int | Sequence[int] = 0, ceil_mode: bool = False,
+             count_include_pad: bool = True) -> Array:
+  """Average pooling with PyTorch ``AvgPool2d`` / Caffe ``AVE`` semantics.
+
+  With ``count_include_pad`` the divisor counts the symmetric zero padding
+  (but never the extra cells ``ceil_mode`` adds past it), as PyTorch does.
+  """
+  window, stride, padding, pads = _pool_pads(x, window, stride, padding,
+                                             ceil_mode)
+  full = [(0, 0)] + pads + [(0, 0)]
+  total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add,
+                            (1,) + window + (1,), (1,) + stride + (1,), full)
+  counts = []
+  for a in range(2):  # the divisor is separable: a product of per-axis counts
+    size, out = x.shape[-3 + a], total.shape[-3 + a]
+    lo, hi = (0, size + 2 * padding[a]) if count_include_pad else (
+        padding[a], padding[a] + size)
+    starts = np.arange(out) * stride[a]
+    counts.append(np.minimum(starts + window[a], hi) - np.maximum(starts, lo))
+  count = np.outer(counts[0], counts[1])[:, :, None]
+  return total / jnp.asarray(count, x.dtype)
+
+
+def global_pool(x: Array, pooling: str = "avg") -> Array:
+  """Global pooling of ``[..., H, W, C]`` feature maps to ``[..., C]``.
+
+  ``'avg'``: global average pooling (Lin et al., 2014, "Network in Network");
+  ``'max'``: global max pooling (Tolias et al., 2016, MAC), the "simple MAX
+  pooling" Vo & Hays (2018) put after VGG-16's conv layers.
+  """
+  if pooling == "avg":
+    return jnp.mean(x, axis=(-3, -2))
+  if pooling == "max":
+    return jnp.max(x, axis=(-3, -2))
+  raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def check_pooling(pooling: str) -> None:
+  """Raises ValueError unless ``pooling`` is a known global pooling."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channel count ``channels`` times a width multiplier, at least 1."""
+  return max(1, int(round(channels * width)))
+

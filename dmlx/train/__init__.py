@@ -1,0 +1,1 @@
+"""The data-parallel training loop, its state, optimiser and checkpoints."""

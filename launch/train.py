@@ -1,0 +1,36 @@
+"""Trains a dmlx model from an ml_collections config.
+
+  python launch/train.py --config=configs/default.py --workdir=/tmp/dmlx_run \
+      --config.train.epochs=3
+
+Rerunning the same command with the same ``--workdir`` resumes from the latest
+checkpoint. Kept short on purpose: the work is in ``dmlx.train``.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints and logs go "
+                    "(default: workdirs/<config name>).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
+  workdir = FLAGS.workdir or os.path.join(
+      "workdirs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0])
+  loop.train_and_evaluate(FLAGS.config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,119 @@
+"""Tests for dmlx.losses._distances and the masked reductions in _common."""
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dmlx.losses import _common
+from dmlx.losses import _distances
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", previous)
+
+
+def _loop_distances(x, y):
+  out = np.zeros((len(x), len(y)))
+  for i in range(len(x)):
+    for j in range(len(y)):
+      out[i, j] = np.sqrt(np.sum((x[i] - y[j]) ** 2))
+  return out
+
+
+def test_pairwise_distances_match_loops():
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
+  np.testing.assert_allclose(
+      _distances.pairwise_distances(jnp.asarray(x), jnp.asarray(y)),
+      _loop_distances(x, y), rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(
+      _distances.pairwise_distances(jnp.asarray(x), squared=True),
+      _loop_distances(x, x) ** 2, rtol=1e-10, atol=1e-10)
+  d = _distances.pairwise_distances(jnp.asarray(x))
+  np.testing.assert_array_equal(np.diag(d), 0.0)
+
+
+def test_pairwise_distances_gradient_finite_at_zero_distance():
+  x = jnp.array([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+  grad = jax.grad(lambda x: jnp.sum(_distances.pairwise_distances(x)))(x)
+  assert np.all(np.isfinite(grad))
+  # Rows 0/1 and 2/3 coincide: the zero distances pull nothing; row 0 is in
+  # four nonzero entries, D[0, 2], D[0, 3], D[2, 0], D[3, 0].
+  expected = jax.grad(lambda x: 4 * jnp.linalg.norm(x[0] - x[2]))(x)[0]
+  np.testing.assert_allclose(grad[0], expected, rtol=1e-6)
+
+
+def test_pairwise_distances_gradient_matches_finite_differences():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(5, 3)))
+  jax.test_util.check_grads(
+      lambda x: jnp.sum(jnp.sin(_distances.pairwise_distances(x))), (x,),
+      order=1, modes=["rev"])
+
+
+def test_pairwise_distances_bad_shapes():
+  with pytest.raises(ValueError, match="same dim"):
+    _distances.pairwise_distances(jnp.ones((3, 2)), jnp.ones((3, 4)))
+
+
+def test_l2_normalize_zero_vector_finite():
+  x = jnp.zeros((2, 3))
+  np.testing.assert_array_equal(_distances.l2_normalize(x), 0.0)
+  grad = jax.grad(lambda x: jnp.sum(_distances.l2_normalize(x) ** 2 + x))(x)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(
+      _distances.l2_normalize(jnp.array([[3.0, 4.0]])), [[0.6, 0.8]])
+
+
+def test_label_masks():
+  labels = jnp.array([0, 1, 0, 2])
+  same = np.array(_distances.same_class_mask(labels))
+  pos = np.array(_distances.positive_mask(labels))
+  neg = np.array(_distances.negative_mask(labels))
+  for i in range(4):
+    for j in range(4):
+      assert same[i, j] == (labels[i] == labels[j])
+      assert pos[i, j] == (labels[i] == labels[j] and i != j)
+      assert neg[i, j] == (labels[i] != labels[j])
+
+
+def test_masked_logsumexp_value_and_empty_rows():
+  x = jnp.array([[1.0, 2.0, 1000.0], [-1e4, 5.0, 3.0], [1.0, 2.0, 3.0]])
+  mask = jnp.array([[True, True, False], [True, False, True],
+                    [False, False, False]])
+  value, nonempty = _common.masked_logsumexp(x, mask)
+  np.testing.assert_allclose(value[0], np.log(np.e + np.e ** 2))
+  np.testing.assert_allclose(value[1], 3.0)
+  assert value[2] == 0 and list(nonempty) == [True, True, False]
+  grad = jax.grad(lambda x: jnp.sum(_common.masked_logsumexp(x, mask)[0]))(x)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_array_equal(np.array(grad)[~np.array(mask)], 0.0)
+
+
+def test_masked_max_min_and_mean():
+  x = jnp.array([[1.0, 5.0, 3.0], [2.0, 0.0, 1.0]])
+  mask = jnp.array([[True, False, True], [False, False, False]])
+  value, nonempty = _common.masked_max(x, mask)
+  np.testing.assert_array_equal(value, [3.0, 0.0])
+  np.testing.assert_array_equal(nonempty, [True, False])
+  value, _ = _common.masked_min(x, mask)
+  np.testing.assert_array_equal(value, [1.0, 0.0])
+  assert _common.masked_mean(x, mask) == 2.0
+  assert _common.masked_mean(x, jnp.zeros_like(mask)) == 0.0
+
+
+def test_check_inputs_errors():
+  with pytest.raises(ValueError, match=r"\[batch_size, dim\]"):
+    _common.check_inputs(jnp.ones(3), jnp.zeros(3, jnp.int32), "f")
+  with pytest.raises(ValueError, match="floating"):
+    _common.check_inputs(jnp.ones((3, 2), jnp.int32),
+                         jnp.zeros(3, jnp.int32), "f")
+  with pytest.raises(ValueError, match=r"labels must have shape \[batch_size"):
+    _common.check_inputs(jnp.ones((3, 2)), jnp.zeros(4, jnp.int32), "f")
+  with pytest.raises(ValueError, match="integers"):
+    _common.check_inputs(jnp.ones((3, 2)), jnp.zeros(3), "f")

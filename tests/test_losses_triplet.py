@@ -1,0 +1,192 @@
+"""Triplet losses (batch-all, semi-hard, batch-hard) against NumPy loops."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+
+from dmlx import losses
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", previous)
+
+
+def _batch(seed=0, b=12, d=5, sizes=(5, 4, 2, 1), scale=0.5):
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(len(sizes)), sizes)[:b]
+  labels = labels[rng.permutation(len(labels))]
+  return rng.normal(size=(len(labels), d)) * scale, labels
+
+
+def _dist(x, squared=False):
+  b = len(x)
+  out = np.zeros((b, b))
+  for i in range(b):
+    for j in range(b):
+      sq = float(np.sum((x[i] - x[j]) ** 2))
+      out[i, j] = sq if squared else np.sqrt(sq)
+  return out
+
+
+def _softplus(v):
+  return np.log1p(np.exp(v))
+
+
+def _ref_all(x, y, margin, soft, squared, reduction):
+  d = _dist(x, squared)
+  total, active, valid = 0.0, 0, 0
+  for a in range(len(y)):
+    for p in range(len(y)):
+      if p == a or y[p] != y[a]:
+        continue
+      for n in range(len(y)):
+        if y[n] == y[a]:
+          continue
+        valid += 1
+        v = _softplus(d[a, p] - d[a, n]) if soft else max(
+            0.0, d[a, p] - d[a, n] + margin)
+        total += v
+        active += 1 if (soft or v > 0) else 0
+  return total / max(active if reduction == "active" else valid, 1)
+
+
+def _ref_semihard(x, y, margin, soft, squared=False):
+  d = _dist(x, squared)
+  total, count = 0.0, 0
+  for a in range(len(y)):
+    negatives = [n for n in range(len(y)) if y[n] != y[a]]
+    if not negatives:
+      continue
+    for p in range(len(y)):
+      if p == a or y[p] != y[a]:
+        continue
+      beyond = [d[a, n] for n in negatives if d[a, n] > d[a, p]]
+      d_an = min(beyond) if beyond else max(d[a, n] for n in negatives)
+      total += (_softplus(d[a, p] - d_an) if soft
+                else max(0.0, d[a, p] - d_an + margin))
+      count += 1
+  return total / max(count, 1)
+
+
+def _ref_batch_hard(x, y, margin, soft, squared=False):
+  d = _dist(x, squared)
+  total, count = 0.0, 0
+  for a in range(len(y)):
+    pos = [d[a, p] for p in range(len(y)) if p != a and y[p] == y[a]]
+    neg = [d[a, n] for n in range(len(y)) if y[n] != y[a]]
+    if not pos or not neg:
+      continue
+    v = max(pos) - min(neg)
+    total += _softplus(v) if soft else max(0.0, v + margin)
+    count += 1
+  return total / max(count, 1)
+
+
+@pytest.mark.parametrize("soft,squared,reduction", [
+    (False, False, "active"), (False, True, "valid"), (True, False, "active"),
+    (True, True, "valid")])
+def test_triplet_all_matches_loops(soft, squared, reduction):
+  x, y = _batch(0)
+  fn = jax.jit(functools.partial(losses.triplet_all, margin=0.7, soft=soft,
+                                 squared=squared, reduction=reduction))
+  loss, aux = fn(x, y)
+  np.testing.assert_allclose(
+      loss, _ref_all(x, y, 0.7, soft, squared, reduction), rtol=1e-9)
+  assert aux["num_valid"] == sum(
+      (y == c).sum() * ((y == c).sum() - 1) * (y != c).sum() for c in set(y))
+  assert 0 < aux["fraction_active"] < 1
+
+
+@pytest.mark.parametrize("soft,squared", [(False, False), (True, True)])
+def test_triplet_semihard_matches_loops(soft, squared):
+  fn = jax.jit(functools.partial(
+      losses.triplet_semihard, margin=0.3, soft=soft, squared=squared))
+  for seed in range(3):
+    x, y = _batch(seed)
+    loss, aux = fn(x, y)
+    np.testing.assert_allclose(
+        loss, _ref_semihard(x, y, 0.3, soft, squared), rtol=1e-9)
+    assert 0 <= aux["fraction_semihard"] <= 1
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_triplet_batch_hard_matches_loops(soft):
+  x, y = _batch(1)
+  loss, aux = jax.jit(functools.partial(
+      losses.triplet_batch_hard, margin=0.4, soft=soft))(x, y)
+  np.testing.assert_allclose(loss, _ref_batch_hard(x, y, 0.4, soft),
+                             rtol=1e-9)
+  assert aux["hardest_positive"] > 0
+
+
+def test_larger_batch_arbitrary_labels_matches_loops():
+  # 30 examples, 7 classes of random sizes (some singletons), close points so
+  # many triplets are active: exercises the sort/search paths at scale.
+  rng = np.random.default_rng(5)
+  y = rng.integers(0, 7, size=30)
+  x = rng.normal(size=(30, 3)) * 0.3
+  loss, _ = jax.jit(losses.triplet_all)(x, y)
+  np.testing.assert_allclose(loss, _ref_all(x, y, 0.2, False, False, "active"),
+                             rtol=1e-9)
+  loss, _ = jax.jit(losses.triplet_semihard)(x, y)
+  np.testing.assert_allclose(loss, _ref_semihard(x, y, 0.2, False), rtol=1e-9)
+
+
+def test_semihard_ties_use_strictly_farther_negative():
+  # Example 3 (class 1) duplicates the positive 1 of anchor 0: D_an == D_ap is
+  # not "farther", so the semi-hard negative of (0, 1) is example 2.
+  x = np.array([[0.0, 0.0], [1.0, 0.0], [1.5, 0.0], [1.0, 0.0]])
+  y = np.array([0, 0, 1, 1])
+  loss, aux = losses.triplet_semihard(x, y, margin=1.0)
+  np.testing.assert_allclose(loss, _ref_semihard(x, y, 1.0, False), rtol=1e-9)
+  # Pairs (0,1), (2,3), (3,2) find a farther negative; (1,0) does not.
+  np.testing.assert_allclose(aux["fraction_semihard"], 0.75)
+
+
+def test_semihard_falls_back_to_farthest_negative():
+  # Every negative is closer than the positive: use the farthest negative.
+  x = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+  y = np.array([0, 0, 1, 2])
+  loss, aux = losses.triplet_semihard(x, y, margin=0.5)
+  # anchor 0: d_ap = 3, negatives at 1 and 2 -> use 2: 3 - 2 + 0.5 = 1.5.
+  # anchor 1: d_ap = 3, negatives at 2 and sqrt(13) -> sqrt(13) (semi-hard).
+  np.testing.assert_allclose(loss, (1.5 + max(0, 3 - np.sqrt(13) + 0.5)) / 2,
+                             rtol=1e-9)
+  np.testing.assert_allclose(aux["fraction_semihard"], 0.5)
+
+
+@pytest.mark.parametrize("fn", [losses.triplet_all, losses.triplet_semihard,
+                                losses.triplet_batch_hard])
+@pytest.mark.parametrize("soft", [False, True])
+def test_triplet_gradients(fn, soft):
+  x, y = _batch(2)
+  f = jax.jit(lambda x: fn(x, y, margin=0.5, soft=soft)[0])
+  jax.test_util.check_grads(f, (x,), order=1, modes=["rev"])
+
+
+def test_gradient_of_sorted_hinge_sum_matches_cube():
+  # The prefix-sum form must give the same gradient as the explicit cube.
+  x, y = _batch(3)
+
+  def cube(x):
+    d = losses.pairwise_distances(x)
+    pos, neg = losses.positive_mask(y), losses.negative_mask(y)
+    valid = pos[:, :, None] & neg[:, None, :]
+    v = jax.nn.relu(d[:, :, None] - d[:, None, :] + 0.5)
+    return jnp.sum(jnp.where(valid, v, 0)) / jnp.sum(valid & (v > 0))
+
+  ours = jax.grad(lambda x: losses.triplet_all(x, y, margin=0.5)[0])(x)
+  np.testing.assert_allclose(ours, jax.grad(cube)(x), rtol=1e-8, atol=1e-12)
+
+
+def test_reduction_is_checked():
+  x, y = _batch(0)
+  with pytest.raises(ValueError, match="reduction"):
+    losses.triplet_all(x, y, reduction="sum")
