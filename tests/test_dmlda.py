@@ -497,3 +497,26 @@ def test_make_other_regularizers(regularizer, ref):
 def test_make_rejects_bad_config(field, value, match):
   with pytest.raises(ValueError, match=match):
     dmlda.make(_config(**{field: value}), registry=StubRegistry)
+
+
+def test_make_with_the_real_loss_registry():
+  losses = pytest.importorskip("dmlx.losses")
+  cfg = _config()
+  cfg.loss = ml_collections.ConfigDict(dict(
+      name="triplet_all",
+      kwargs=ml_collections.ConfigDict(dict(margin=1.0, squared=True))))
+  method = dmlda.make(cfg)
+  assert method.name == "dmlda:density:triplet_all"
+  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
+  params = method.init_params(jax.random.key(0), info)
+  state = method.init_state(_context(cfg)[0])
+  outputs, batch = _fake_step_inputs(seed=5)
+  loss, aux = jax.jit(method.loss)(params, outputs, batch, state,
+                                   jax.random.key(0))
+  base, _ = losses.triplet_all(outputs["embedding"], batch["labels"],
+                               margin=1.0, squared=True)
+  reg, _ = density_regularizer(outputs["embedding"], batch["labels"],
+                               params["target_density"],
+                               state.original_density)
+  np.testing.assert_allclose(loss, base + 10.0 * reg, rtol=1e-5)
+  np.testing.assert_allclose(aux["loss_base"], base, rtol=1e-6)

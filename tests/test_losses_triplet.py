@@ -144,7 +144,7 @@ def test_semihard_ties_use_strictly_farther_negative():
   # not "farther", so the semi-hard negative of (0, 1) is example 2.
   x = np.array([[0.0, 0.0], [1.0, 0.0], [1.5, 0.0], [1.0, 0.0]])
   y = np.array([0, 0, 1, 1])
-  loss, aux = losses.triplet_semihard(x, y, margin=1.0)
+  loss, aux = jax.jit(losses.triplet_semihard)(x, y, margin=1.0)
   np.testing.assert_allclose(loss, _ref_semihard(x, y, 1.0, False), rtol=1e-9)
   # Pairs (0,1), (2,3), (3,2) find a farther negative; (1,0) does not.
   np.testing.assert_allclose(aux["fraction_semihard"], 0.75)
@@ -154,7 +154,7 @@ def test_semihard_falls_back_to_farthest_negative():
   # Every negative is closer than the positive: use the farthest negative.
   x = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
   y = np.array([0, 0, 1, 2])
-  loss, aux = losses.triplet_semihard(x, y, margin=0.5)
+  loss, aux = jax.jit(losses.triplet_semihard)(x, y, margin=0.5)
   # anchor 0: d_ap = 3, negatives at 1 and 2 -> use 2: 3 - 2 + 0.5 = 1.5.
   # anchor 1: d_ap = 3, negatives at 2 and sqrt(13) -> sqrt(13) (semi-hard).
   np.testing.assert_allclose(loss, (1.5 + max(0, 3 - np.sqrt(13) + 0.5)) / 2,
@@ -182,8 +182,9 @@ def test_gradient_of_sorted_hinge_sum_matches_cube():
     v = jax.nn.relu(d[:, :, None] - d[:, None, :] + 0.5)
     return jnp.sum(jnp.where(valid, v, 0)) / jnp.sum(valid & (v > 0))
 
-  ours = jax.grad(lambda x: losses.triplet_all(x, y, margin=0.5)[0])(x)
-  np.testing.assert_allclose(ours, jax.grad(cube)(x), rtol=1e-8, atol=1e-12)
+  ours = jax.jit(jax.grad(lambda x: losses.triplet_all(x, y, margin=0.5)[0]))
+  np.testing.assert_allclose(ours(x), jax.jit(jax.grad(cube))(x), rtol=1e-8,
+                             atol=1e-12)
 
 
 def test_reduction_is_checked():

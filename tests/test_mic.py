@@ -1,6 +1,6 @@
-"""Tests of MIC (Roth et al., ICCV 2019): l_d, gradient reversal, surrogate labels.
+"""Tests of MIC (Roth et al., ICCV 2019): l_d, gradient reversal, clustering.
 
-Covers ``dmlx/losses/_mic.py`` (pure jittable pieces) and ``dmlx/methods/mic.py``
+Covers ``dmlx/losses/_mic.py`` (pure jittable parts) and ``dmlx/methods/mic.py``
 (host-side clustering, the Method factory). The base loss is a small stub so
 the tests do not depend on the loss registry being present.
 """
@@ -203,9 +203,8 @@ def test_gradient_reversal_flips_embedding_gradients_but_not_projection():
 
 def test_projection_gradient_matches_finite_differences():
   rng = np.random.default_rng(4)
-  a = jnp.asarray(rng.normal(size=(5, 4)), jnp.float64) if jax.config.read(
-      "jax_enable_x64") else jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
-  b = jnp.asarray(rng.normal(size=(5, 3)), a.dtype)
+  a = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
   params = _mic.init_projection(jax.random.PRNGKey(5), 3, 4, hidden_dim=6)
   fn = lambda k: _mic.mutual_information_loss(
       a, b, {"hidden": params["hidden"],
@@ -284,8 +283,8 @@ def test_standardise_per_class_matches_loop_reference():
         for i in rows:
           want[i, d] = (feats[i, d] - mu) / (sd if mode == "mean_std" else 1.0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(mic.standardise_per_class(feats, labels, "none"),
-                                feats)
+  np.testing.assert_array_equal(
+      mic.standardise_per_class(feats, labels, "none"), feats)
   with pytest.raises(ValueError, match="mstd"):
     mic.standardise_per_class(feats, labels, "mstd")
 

@@ -29,9 +29,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from dmlx.losses._distances import l2_normalize
+
 Array = jax.Array
 
-_EPS = 1e-12
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -52,13 +53,6 @@ def _gather(values: Array, labels: Array) -> Array:
   n = values.shape[0]
   safe = jnp.where(labels < 0, n, labels)
   return jnp.take(values, safe, axis=0, mode="fill", fill_value=0)
-
-
-def l2_normalize(x: Array, axis: int = -1) -> Array:
-  """Length-normalises ``x`` along ``axis`` (zero vectors stay zero, finite
-  gradient), the normalisation DML-DA puts on top of the embedding layer."""
-  sq = jnp.sum(x * x, axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, _EPS))
 
 
 def class_density(embeddings: Array, labels: Array, num_classes: int, *,
@@ -121,8 +115,9 @@ def density_regularizer(
   .. math::
     L_{DA} = \\frac{1}{C} \\sum_c (D_{avg}(S_c) - \\alpha_c)^2
            - \\frac{1}{C} \\sum_c \\alpha_c
-           + \\frac{1}{C^2} \\sum_{c_i, c_j} \\big( (D^{(0)}_{avg}(S_{c_j}))^\\eta
-             \\alpha_{c_i} - (D^{(0)}_{avg}(S_{c_i}))^\\eta \\alpha_{c_j} \\big)^2
+           + \\frac{1}{C^2} \\sum_{c_i, c_j} \\big(
+               (D^{(0)}_{avg}(S_{c_j}))^\\eta \\alpha_{c_i}
+             - (D^{(0)}_{avg}(S_{c_i}))^\\eta \\alpha_{c_j} \\big)^2
 
   where the sums run over the C classes *present in the batch* (at least
   ``min_class_size`` examples), α_c is the learnable target density of class

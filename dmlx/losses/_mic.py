@@ -1,4 +1,4 @@
-"""MIC's jittable pieces: gradient reversal, projection net R, l_d, label switching.
+"""MIC's jittable parts: gradient reversal, projection R, l_d, label switching.
 
 Roth, Brattoli & Ommer, "MIC: Mining Interclass Characteristics for Improved
 Metric Learning", ICCV 2019. MIC trains a class encoder E_α on class labels
@@ -47,7 +47,7 @@ def _reverse_fwd(x: Array, scale: Array):
 
 
 def _reverse_bwd(scale: Array, g: Array):
-  return (-scale * g).astype(g.dtype), jnp.zeros_like(scale)
+  return (scale * g).astype(g.dtype), jnp.zeros_like(scale)
 
 
 _reverse.defvjp(_reverse_fwd, _reverse_bwd)
@@ -79,7 +79,8 @@ def gradient_reversal(x: Array, grl_lambda: float | Array = 1.0) -> Array:
 
 
 def l2_normalise(x: Array, axis: int = -1) -> Array:
-  """``x / max(||x||, 1e-12)`` along ``axis``; finite value and gradient at 0."""
+  """``x / max(||x||, 1e-12)`` along ``axis``; finite value and gradient at 0.
+  """
   sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS ** 2))
 
@@ -116,7 +117,8 @@ def init_projection(rng: Array, aux_dim: int, class_dim: int,
   return {
       "hidden": {"kernel": uniform(keys[0], (aux_dim, hidden_dim), aux_dim),
                  "bias": uniform(keys[1], (hidden_dim,), aux_dim)},
-      "output": {"kernel": uniform(keys[2], (hidden_dim, class_dim), hidden_dim),
+      "output": {"kernel": uniform(keys[2], (hidden_dim, class_dim),
+                                   hidden_dim),
                  "bias": uniform(keys[3], (class_dim,), hidden_dim)},
   }
 
@@ -205,7 +207,8 @@ def mutual_information_loss(class_embeddings: Array, aux_embeddings: Array,
 # ---------------------------------------------------------------------------
 
 
-def switch_labels(labels: Array, rng: Array, switch_prob: float | Array) -> Array:
+def switch_labels(labels: Array, rng: Array,
+                  switch_prob: float | Array) -> Array:
   """MIC's random switching of surrogate labels within a batch (Sec. 4.1).
 
   "To ensure that we do not reinforce such a strong initial bias, we [...]

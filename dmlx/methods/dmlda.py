@@ -230,8 +230,7 @@ def make(config: Any, *, registry: Optional[Any] = None) -> Method:
                 "loss": total})
     return total, aux
 
-  name = {"density": "dmlda" if s["correlation"] else "dmlda_minus",
-          "density_minus": "dmlda_minus"}.get(s["regularizer"],
-                                               f"{s['regularizer']}_reg")
-  return Method(name=f"{name}_{loss_name}", loss=loss,
+  variant = ("density" if s["correlation"] else "density_minus") \
+      if uses_alpha else s["regularizer"]
+  return Method(name=f"dmlda:{variant}:{loss_name}", loss=loss,
                 init_params=init_params, init_state=init_state)

@@ -1,4 +1,4 @@
-"""MIC as a dmlx method: surrogate labels on the host, the joint loss in the step.
+"""MIC as a dmlx method: surrogate labels on the host, joint loss in the step.
 
 Roth, Brattoli & Ommer, "MIC: Mining Interclass Characteristics for Improved
 Metric Learning", ICCV 2019, Algorithm 1. Two embedding heads sit on one shared
@@ -141,21 +141,20 @@ def standardise_per_class(features: np.ndarray, labels: np.ndarray,
                      f"{labels.shape}.")
   if mode == "none" or features.shape[0] == 0:
     return features.copy()
-  # Segment sums over classes: sort once, reduce contiguous runs.
+  # Sort once so every class is a contiguous block, standardise the blocks in
+  # place (one [N, D] copy plus the output), then undo the sort.
   order = np.argsort(labels, kind="stable")
-  _, starts, inverse_sorted, counts = np.unique(
-      labels[order], return_index=True, return_inverse=True, return_counts=True)
-  sorted_features = features[order]
-  means = np.add.reduceat(sorted_features, starts, axis=0, dtype=np.float64)
-  means /= counts[:, None]
-  centred = sorted_features - means[inverse_sorted].astype(np.float32)
-  if mode == "mean_std":
-    var = np.add.reduceat(np.square(centred, dtype=np.float64), starts, axis=0)
-    std = np.sqrt(var / counts[:, None])
-    std = np.where(std < _STD_EPS, 1.0, std).astype(np.float32)
-    centred /= std[inverse_sorted]
-  out = np.empty_like(centred)
-  out[order] = centred
+  _, starts = np.unique(labels[order], return_index=True)
+  ends = np.append(starts[1:], len(order))
+  z = features[order]
+  for start, end in zip(starts, ends):
+    block = z[start:end]
+    block -= block.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if mode == "mean_std":
+      std = np.sqrt(np.mean(np.square(block, dtype=np.float64), axis=0))
+      block /= np.where(std < _STD_EPS, 1.0, std).astype(np.float32)
+  out = np.empty_like(z)
+  out[order] = z
   return out
 
 

@@ -242,8 +242,9 @@ def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
   size up as Caffe and ``torch.nn.MaxPool2d(ceil_mode=True)`` do.
   """
   window, stride, _, pads = _pool_pads(x, window, stride, padding, ceil_mode)
-  init = jnp.array(-jnp.inf, x.dtype)
-  return lax.reduce_window(x, init, lax.max, (1,) + window + (1,),
+  # A Python-scalar identity lets JAX recognise the max monoid (and so
+  # differentiate it); a jnp array init would not be recognised.
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,),
                            (1,) + stride + (1,),
                            [(0, 0)] + pads + [(0, 0)])
 
@@ -259,7 +260,7 @@ def avg_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
   window, stride, padding, pads = _pool_pads(x, window, stride, padding,
                                              ceil_mode)
   full = [(0, 0)] + pads + [(0, 0)]
-  total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add,
+  total = lax.reduce_window(x, 0.0, lax.add,
                             (1,) + window + (1,), (1,) + stride + (1,), full)
   counts = []
   for a in range(2):  # the divisor is separable: a product of per-axis counts
