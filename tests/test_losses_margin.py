@@ -141,7 +141,7 @@ def test_margin_loss_checks():
   x, y = _batch(0)
   key = jax.random.PRNGKey(0)
   params = losses.init_margin_loss(4)
-  assert params["beta"].shape == () and float(params["beta"]) == 1.2
+  assert params["beta"].shape == () and np.isclose(params["beta"], 1.2)
   with pytest.raises(ValueError, match="beta_per_class"):
     losses.margin_loss(x, y, params, key, beta_per_class=True)
   with pytest.raises(ValueError, match="nonzero_loss_cutoff"):

@@ -362,8 +362,9 @@ class _Retrieval:
 
   def __init__(self, queries, query_labels, gallery, gallery_labels,
                gallery_name: str = "gallery"):
-    self.queries = faiss_ops._as_matrix(
-        queries, "embeddings" if gallery_name == "gallery" else "test_embeddings")
+    query_name = ("embeddings" if gallery_name == "gallery" else
+                  "test_embeddings")
+    self.queries = faiss_ops._as_matrix(queries, query_name)
     self.query_labels = _as_labels(query_labels, self.queries.shape[0],
                                    "labels" if gallery_name == "gallery"
                                    else "test_labels")

@@ -82,7 +82,8 @@ def build_index(
   _check_choice(metric, _METRICS, "metric")
   gpu = _resolve_gpu(use_gpu)
   n, d = database.shape
-  faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+  faiss_metric = (faiss.METRIC_L2 if metric == "l2" else
+                  faiss.METRIC_INNER_PRODUCT)
   if index_type == "flat":
     index = faiss.IndexFlat(d, faiss_metric)
     if gpu:
@@ -97,8 +98,8 @@ def build_index(
       nlist = max(1, min(n, int(round(4 * math.sqrt(n)))))
     _check_positive(nlist, "nlist")
     if nlist > n:
-      raise ValueError(f"nlist={nlist} IVF cells need at least as many database "
-                       f"vectors, got N={n}.")
+      raise ValueError(f"nlist={nlist} IVF cells need at least as many "
+                       f"database vectors, got N={n}.")
     if nprobe is None:
       nprobe = max(1, nlist // 8)
     _check_positive(nprobe, "nprobe")
@@ -159,7 +160,8 @@ def search_batches(
     raise ValueError(
         f"exclude_self needs the queries to be the indexed database, got "
         f"{queries.shape[0]} queries for {index.ntotal} database vectors.")
-  worst = np.float32(np.inf if index.metric_type == faiss.METRIC_L2 else -np.inf)
+  is_l2 = index.metric_type == faiss.METRIC_L2
+  worst = np.float32(np.inf if is_l2 else -np.inf)
   k_search = int(k) + 1 if exclude_self else int(k)
   for start in range(0, queries.shape[0], batch_size):
     batch = queries[start:start + batch_size]

@@ -47,7 +47,7 @@ def _reverse_fwd(x: Array, scale: Array):
 
 
 def _reverse_bwd(scale: Array, g: Array):
-  return (scale * g).astype(g.dtype), jnp.zeros_like(scale)
+  return (-scale * g).astype(g.dtype), jnp.zeros_like(scale)
 
 
 _reverse.defvjp(_reverse_fwd, _reverse_bwd)

@@ -29,8 +29,18 @@ with L_DA the density regulariser of eqs. (6)/(8)
 ``λ`` (``config.method.lam``, paper: 10) weights whichever regulariser is
 chosen. Config fields (``config.method``): ``regularizer='density'``,
 ``lam=10.0``, ``eta=0.5``, ``alpha_init=0.5``, ``correlation=True``, and
-optionally ``min_class_size=2``, ``entropy_temperature=1.0``. The base loss
-is ``config.loss.name`` with ``config.loss.kwargs``.
+optionally ``min_class_size=2``, ``entropy_temperature=1.0``,
+``base='registry'``.
+
+``config.method.base`` picks the base loss L_base:
+
+* ``'registry'`` (default): ``config.loss.name`` of :mod:`dmlx.losses` with
+  ``config.loss.kwargs`` (the paper's N-pair: ``'npair'``; triplet:
+  ``'triplet_all'`` with ``squared=True, reduction='valid'``);
+* ``'dmlda_contrastive'``: the paper's own contrastive loss, eq. (2)
+  (:func:`dmlx.losses._density.dmlda_contrastive`: D + max(0, m_p − D) on
+  the squared distance, averaged over pairs), with ``config.loss.kwargs``
+  holding its ``margin``; ``config.loss.name`` is then not read.
 
 Batches: a class's density needs several of its images in the batch. The
 paper samples 10 classes × 10 images (Cars196, CUB; the trainer's P×K
@@ -52,6 +62,7 @@ from dmlx.methods.base import HostContext, Method, ModelInfo
 Array = jax.Array
 
 REGULARIZERS = ("density", "density_minus", "gor", "entropy", "none")
+BASES = ("registry", "dmlda_contrastive")
 
 
 @flax.struct.dataclass
@@ -122,7 +133,12 @@ def _settings(config: Any) -> dict:
   if regularizer not in REGULARIZERS:
     raise ValueError(f"dmlda: config.method.regularizer={regularizer!r} is "
                      f"not one of {REGULARIZERS}.")
+  base = get("base", "registry")
+  if base not in BASES:
+    raise ValueError(f"dmlda: config.method.base={base!r} is not one of "
+                     f"{BASES}.")
   s = dict(
+      base=base,
       regularizer=regularizer,
       lam=float(get("lam", 10.0)),
       eta=float(get("eta", 0.5)),
@@ -155,6 +171,32 @@ def _loss_kwargs(config: Any) -> dict:
   return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
 
 
+class _LocalBases:
+  """The base losses of DML-DA that live outside the loss registry, behind
+  the registry's ``init`` / ``apply`` interface."""
+
+  LOSSES = {"dmlda_contrastive": _density.dmlda_contrastive}
+  HYPER = {"dmlda_contrastive": ("margin",)}
+
+  @classmethod
+  def check(cls, name: str, kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - set(cls.HYPER[name]))
+    if unknown:
+      raise ValueError(f"dmlda: base loss {name!r} got unknown "
+                       f"config.loss.kwargs {unknown}; it accepts "
+                       f"{list(cls.HYPER[name])}.")
+
+  @staticmethod
+  def init(name, rng, num_classes, dim, **kwargs) -> dict:
+    del name, rng, num_classes, dim, kwargs
+    return {}
+
+  @classmethod
+  def apply(cls, name, embeddings, labels, params=None, rng=None, **kwargs):
+    del params, rng
+    return cls.LOSSES[name](embeddings, labels, **kwargs)
+
+
 def make(config: Any, *, registry: Optional[Any] = None) -> Method:
   """Builds the DML-DA :class:`~dmlx.methods.base.Method` (eq. (9)).
 
@@ -164,17 +206,23 @@ def make(config: Any, *, registry: Optional[Any] = None) -> Method:
       ``config.loss.kwargs``.
     registry: the loss registry, an object with ``apply(name, embeddings,
       labels, params=, rng=, **kwargs)`` and ``init(name, rng, num_classes,
-      dim, **kwargs)``; default :mod:`dmlx.losses` (tests pass a stub).
+      dim, **kwargs)``; default :mod:`dmlx.losses` (tests pass a stub). Not
+      used when ``config.method.base`` names a local base loss.
 
   Returns:
     The method: ``loss(params_method, outputs, batch, state, rng) ->
     (L_base + λ·R, aux)`` with ``R`` the chosen regulariser.
   """
   s = _settings(config)
-  loss_name = config.loss.name
   loss_kwargs = _loss_kwargs(config)
-  if registry is None:
-    import dmlx.losses as registry  # pylint: disable=g-import-not-at-top
+  if s["base"] == "registry":
+    loss_name = config.loss.name
+    if registry is None:
+      import dmlx.losses as registry  # pylint: disable=g-import-not-at-top
+  else:
+    loss_name = s["base"]
+    _LocalBases.check(loss_name, loss_kwargs)
+    registry = _LocalBases
   uses_alpha = s["regularizer"] in ("density", "density_minus")
 
   def init_params(rng: Array, info: ModelInfo) -> dict:

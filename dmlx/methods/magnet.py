@@ -30,7 +30,8 @@ classifier of eq. 6 with σ² the running average of the batch estimates σ̂².
   ``sigma_momentum=0.99`` (the running average of σ̂² is an exponential moving
   average, bias-corrected), ``kmeans_iters=20``, ``knn_k=None`` (neighbours of
   the soft kNN evaluation, default L), ``steps_per_epoch=None`` (default
-  ⌈N / (M·D)⌉).
+  ⌈N / (M·D)⌉); for these two, 0 also means the default (config files use 0,
+  so the field keeps an int type that ``--config.method.knn_k=...`` accepts).
 """
 from __future__ import annotations
 
@@ -114,9 +115,10 @@ class MagnetOptions:
                        f"[0, 1), got {self.sigma_momentum!r}.")
     for name in ("knn_k", "steps_per_epoch"):
       value = getattr(self, name)
-      if value is not None and (int(value) != value or value < 1):
+      if value is not None and (int(value) != value or value < 0):
         raise ValueError(f"magnet: config.method.{name} must be a positive "
-                         f"integer or None, got {value!r}.")
+                         f"integer, or 0 / None for the default, got "
+                         f"{value!r}.")
 
   @classmethod
   def from_config(cls, config: Any) -> "MagnetOptions":
@@ -428,15 +430,20 @@ def make(config: Any) -> Method:
   def loss(params, outputs, batch, state: ClusterIndex, rng):
     del params, rng
     cluster_ids = jnp.asarray(state.assignments)[batch["index"]]
-    return magnet_loss(
+    value, aux = magnet_loss(
         outputs["embedding"], batch["labels"], cluster_ids, alpha=opts.alpha,
         variance_standardise=opts.variance_standardise,
         leave_one_out_means=opts.leave_one_out_means)
+    # The trainer logs scalar aux entries and hands only the array entries to
+    # after_step, so σ̂² also travels as a [1] array for eq. 6's running mean.
+    return value, {**aux, "sigma2_batch": jnp.reshape(aux["sigma2"], (1,))}
 
   def after_step(state: ClusterIndex, aux: dict, batch: dict) -> ClusterIndex:
+    sigma2 = aux["sigma2_batch"] if "sigma2_batch" in aux else aux["sigma2"]
     return cache_losses(state, np.asarray(batch["index"]),
                         np.asarray(aux["per_example_loss"]),
-                        float(aux["sigma2"]), opts.sigma_momentum)
+                        float(np.reshape(np.asarray(sigma2), -1)[0]),
+                        opts.sigma_momentum)
 
   def make_sampler(ctx: HostContext, state: ClusterIndex) -> NeighbourhoodSampler:
     valid = np.asarray(state.valid, bool)

@@ -342,7 +342,7 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
     The method: ``init_params``, ``init_state``, ``refresh`` (every
     ``refresh_every`` epochs), ``loss`` and, with ``alternate``, ``after_step``.
   """
-  mic = parse_config(config.method)
+  settings = parse_config(config.method)
   loss_name, loss_kwargs = _loss_name_and_kwargs(config)
   registry = base_loss
 
@@ -357,34 +357,35 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
     return {
         "class_loss": reg.init(loss_name, k_class, info.num_classes,
                                info.embedding_dim, **loss_kwargs),
-        "aux_loss": reg.init(loss_name, k_aux, mic.num_clusters, aux_dim,
+        "aux_loss": reg.init(loss_name, k_aux, settings.num_clusters, aux_dim,
                              **loss_kwargs),
         "projection": _mic.init_projection(k_proj, aux_dim, info.embedding_dim,
-                                           mic.projection_dim),
+                                           settings.projection_dim),
     }
 
   def _cluster(ctx: HostContext, layer: str, standardise: str) -> np.ndarray:
     features = np.asarray(ctx.embed(layer))
     class_labels = np.asarray(ctx.train.labels)
     labels = compute_surrogate_labels(
-        features, class_labels, mic.num_clusters, standardise=standardise,
-        seed=ctx.seed, niter=mic.kmeans_niter, nredo=mic.kmeans_nredo)
-    sizes = np.bincount(labels, minlength=mic.num_clusters)
+        features, class_labels, settings.num_clusters, standardise=standardise,
+        seed=ctx.seed, niter=settings.kmeans_niter, nredo=settings.kmeans_nredo)
+    sizes = np.bincount(labels, minlength=settings.num_clusters)
     ctx.log(f"mic: clustered {layer} (standardise={standardise}) into "
-            f"{int((sizes > 0).sum())}/{mic.num_clusters} non-empty clusters, "
+            f"{int((sizes > 0).sum())}/{settings.num_clusters} non-empty "
+            "clusters, "
             f"sizes {int(sizes.min())}..{int(sizes.max())}, "
             f"NMI(surrogate, class)={_nmi(labels, class_labels):.3f}")
     return labels
 
   def init_state(ctx: HostContext) -> MICState:
     """Y_β ← Cluster(Stand(Embed(X, E, f)), C) on pooled backbone features."""
-    labels = _cluster(ctx, "pooled", mic.standardise)
+    labels = _cluster(ctx, "pooled", settings.standardise)
     return MICState(surrogate_labels=jnp.asarray(labels, jnp.int32),
                     phase=jnp.zeros((), jnp.int32))
 
   def refresh(ctx: HostContext, state: MICState) -> MICState:
     """Y_β ← Cluster(Embed(X, E_β, f), C) every T_U epochs."""
-    labels = _cluster(ctx, "aux_embedding", mic.standardise_refresh)
+    labels = _cluster(ctx, "aux_embedding", settings.standardise_refresh)
     old = np.asarray(state.surrogate_labels)
     ctx.log(f"mic: NMI(new, previous surrogate labels)={_nmi(labels, old):.3f}")
     return state.replace(surrogate_labels=jnp.asarray(labels, jnp.int32))
@@ -402,10 +403,10 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
     y_alpha = batch["labels"]
     y_beta = jnp.take(state.surrogate_labels, batch["index"], axis=0)
     k_switch, k_alpha, k_beta = jax.random.split(rng, 3)
-    if mic.switch_prob > 0:
-      y_beta = _mic.switch_labels(y_beta, k_switch, mic.switch_prob)
+    if settings.switch_prob > 0:
+      y_beta = _mic.switch_labels(y_beta, k_switch, settings.switch_prob)
 
-    if mic.alternate:
+    if settings.alternate:
       train_alpha = jnp.asarray(state.phase) == 0
       e_alpha = jnp.where(train_alpha, e_alpha, jax.lax.stop_gradient(e_alpha))
       e_beta = jnp.where(train_alpha, jax.lax.stop_gradient(e_beta), e_beta)
@@ -417,20 +418,20 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
         loss_name, e_beta, y_beta, params=params["aux_loss"], rng=k_beta,
         **loss_kwargs))
     l_d = _mic.mutual_information_loss(
-        e_alpha, e_beta, params["projection"], grl_lambda=mic.grl_lambda)
+        e_alpha, e_beta, params["projection"], grl_lambda=settings.grl_lambda)
 
-    if mic.alternate:
+    if settings.alternate:
       task = jnp.where(train_alpha, l_alpha, l_beta)
     else:
       task = l_alpha + l_beta
-    total = task + mic.gamma * l_d
+    total = task + settings.gamma * l_d
     aux = {"mic_class_loss": l_alpha, "mic_aux_loss": l_beta,
            "mic_mutual_information": l_d}
     aux.update({f"class_{k}": v for k, v in aux_alpha.items()
                 if jnp.ndim(v) == 0})
     aux.update({f"aux_{k}": v for k, v in aux_beta.items()
                 if jnp.ndim(v) == 0})
-    if mic.alternate:
+    if settings.alternate:
       aux["mic_phase"] = jnp.asarray(state.phase)
     return total, aux
 
@@ -444,9 +445,9 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
       loss=loss,
       init_params=init_params,
       init_state=init_state,
-      refresh=refresh if mic.refresh_every > 0 else None,
-      refresh_every=mic.refresh_every,
-      after_step=after_step if mic.alternate else None)
+      refresh=refresh if settings.refresh_every > 0 else None,
+      refresh_every=settings.refresh_every,
+      after_step=after_step if settings.alternate else None)
 
 
 def _nmi(a: np.ndarray, b: np.ndarray) -> float:

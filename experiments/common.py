@@ -1,0 +1,74 @@
+"""Shared plumbing for the experiment scripts: load a config file, apply
+overrides, train, collect metrics, print tables and write JSON.
+
+Experiments reuse the launcher's machinery (``dmlx.train.loop``) so what they
+measure is exactly what ``launch/train.py`` runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def load_config(path: str, arg: str | None = None):
+  """``get_config()`` of a config file (path relative to the repo root ok)."""
+  if not os.path.isabs(path):
+    path = os.path.join(ROOT, path)
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def override(config, updates: Mapping[str, Any]):
+  """Sets dotted keys (``'train.epochs': 3``); unknown keys are an error."""
+  config = config.copy_and_resolve_references()
+  for key, value in updates.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"Config has no key {key!r}.")
+    node[leaf] = value
+  return config
+
+
+def train(config, workdir: str, quiet: bool = True) -> dict:
+  """Trains (resuming if ``workdir`` has a checkpoint) and returns the final
+  metrics dict of ``dmlx.train.loop.train_and_evaluate`` plus wall time."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  if quiet:
+    config = override(config, {"train.progress": False})
+  t0 = time.time()
+  final = loop.train_and_evaluate(config, workdir)
+  final["seconds"] = time.time() - t0
+  return final
+
+
+def table(rows: Mapping[str, Mapping[str, float]], columns=None) -> str:
+  """Plain-text table (rows = runs)."""
+  return dmlx_eval.format_table(rows, columns)
+
+
+def mean_std(values) -> str:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  v = np.asarray(values, np.float64)
+  return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+
+
+def save_json(obj: Any, path: str) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, default=float)
