@@ -20,10 +20,15 @@ neighbour lists exclude the query itself).
 
 Data: a seeded Gaussian mixture: ``--classes`` = 100 class means drawn with
 std ``--spread`` = 1 per dimension, unit-variance isotropic noise around them
-(≈ 600 points per class, nearest class-mates nearer than other classes). The
-within-class noise is full 512-dimensional, so this is a hard case for ANN
-search: real embeddings have a much lower intrinsic dimension and give higher
-recall at the same settings.
+(≈ 600 points per class, nearest class-mates nearer than other classes).
+The class structure favours IVF (its k-means cells align with the classes, so
+few probes already find every neighbour), while the full 512-dimensional
+within-class noise makes graph (HNSW) search work hard; real embeddings lie
+between. Re-measure on real embeddings before choosing ``nprobe``/``efSearch``.
+
+Timings: ``*_s`` is wall clock, ``*_cpu_s`` this process's CPU time over all
+FAISS threads (robust to other processes sharing the cores). Set
+``OMP_WAIT_POLICY=PASSIVE`` on a shared machine.
 
 Run::
 

@@ -520,3 +520,121 @@ def test_make_with_the_real_loss_registry():
                                state.original_density)
   np.testing.assert_allclose(loss, base + 10.0 * reg, rtol=1e-5)
   np.testing.assert_allclose(aux["loss_base"], base, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# DML-DA's contrastive base loss, eq. (2), and config.method.base.
+
+def ref_dmlda_contrastive(x, labels, margin=1.0):
+  x = np.asarray(x, np.float64)
+  total, pairs = 0.0, 0
+  for i in range(len(x)):
+    for j in range(len(x)):
+      if i == j:
+        continue
+      d = float(np.sum((x[i] - x[j]) ** 2))          # eq. (1), squared
+      total += d if labels[i] == labels[j] else max(0.0, margin - d)
+      pairs += 1
+  return total / max(pairs, 1)
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.3])
+def test_dmlda_contrastive_matches_loop_reference_and_gradient(margin):
+  x, labels, _, _ = _batch(seed=11, dim=4)
+  x = 0.5 * x  # mix of active and inactive negative hinges
+  f = jax.jit(lambda x: _density.dmlda_contrastive(x, labels,
+                                                   margin=margin)[0])
+  ref = ref_dmlda_contrastive(x, labels, margin)
+  np.testing.assert_allclose(f(x), ref, rtol=1e-5)
+  ref_g = numerical_grad(lambda xx: ref_dmlda_contrastive(xx, labels, margin),
+                         x.astype(np.float64))
+  np.testing.assert_allclose(jax.grad(f)(x), ref_g, rtol=1e-3, atol=1e-5)
+  _, aux = _density.dmlda_contrastive(jnp.asarray(x), jnp.asarray(labels),
+                                      margin=margin)
+  assert 0.0 < float(aux["fraction_active_negative"]) < 1.0
+
+
+def test_dmlda_contrastive_check_grads_and_hinge_not_squared():
+  x, labels, _, _ = _batch(seed=12, dim=3)
+  f = jax.jit(lambda x: _density.dmlda_contrastive(x, labels)[0])
+  jax.test_util.check_grads(f, (0.4 * x,), order=1, modes=("rev",),
+                            atol=1e-2, rtol=1e-2, eps=1e-3)
+  # Two negatives at squared distance 0.25: hinge 1 - 0.25 (not squared);
+  # positives pay D itself (not D^2): two points of a class 2 apart pay 4.
+  two = jnp.array([[0.0, 0.0], [0.5, 0.0]])
+  loss, _ = _density.dmlda_contrastive(two, jnp.array([0, 1]))
+  np.testing.assert_allclose(loss, 0.75, rtol=1e-6)
+  loss, _ = _density.dmlda_contrastive(jnp.array([[0.0, 0.0], [2.0, 0.0]]),
+                                       jnp.array([3, 3]))
+  np.testing.assert_allclose(loss, 4.0, rtol=1e-6)
+
+
+def test_dmlda_contrastive_degenerate_and_bad_input():
+  for x, labels in DEGENERATE.values():
+    x, labels = jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32)
+    value, grad = jax.value_and_grad(
+        lambda x: _density.dmlda_contrastive(x, labels)[0])(x)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+  x, labels, _, _ = _batch()
+  with pytest.raises(ValueError, match="margin"):
+    _density.dmlda_contrastive(x, labels, margin=-1.0)
+  with pytest.raises(ValueError, match="labels shape"):
+    _density.dmlda_contrastive(x, labels[:-1])
+
+
+def test_make_with_dmlda_contrastive_base():
+  cfg = _config(base="dmlda_contrastive")
+  cfg.loss = ml_collections.ConfigDict(dict(
+      name="not_in_any_registry",
+      kwargs=ml_collections.ConfigDict({"margin": 0.8})))
+  method = dmlda.make(cfg)
+  assert method.name == "dmlda:density:dmlda_contrastive"
+  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
+  params = method.init_params(jax.random.key(0), info)
+  assert params["base"] == {}
+  state = method.init_state(_context(cfg)[0])
+  outputs, batch = _fake_step_inputs(seed=6)
+  loss, aux = jax.jit(method.loss)(params, outputs, batch, state,
+                                   jax.random.key(0))
+  x = np.asarray(outputs["embedding"])
+  ref_d0, _ = ref_class_density(_context(cfg)[1], _context(cfg)[2],
+                                NUM_CLASSES)
+  expected = (ref_dmlda_contrastive(x, LABELS, 0.8) + 10.0 *
+              ref_density_regularizer(x, LABELS, np.full(NUM_CLASSES, 0.5),
+                                      ref_d0))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert "base/negative_loss" in aux
+  bad = _config(base="dmlda_contrastive")
+  bad.loss.kwargs = ml_collections.ConfigDict({"neg_margin": 1.0})
+  with pytest.raises(ValueError, match="neg_margin"):
+    dmlda.make(bad)
+  with pytest.raises(ValueError, match="base"):
+    dmlda.make(_config(base="contrastive_paper"))
+
+
+def test_method_evaluate_reports_densities():
+  cfg = _config()
+  method = dmlda.make(cfg, registry=StubRegistry)
+  ctx, pooled, labels, calls = _context(cfg)
+  train_emb = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
+  embedded = []
+
+  def embed(layer="embedding", dataset=None):
+    embedded.append((layer, len(dataset) if dataset is not None else None))
+    return train_emb
+  ctx.embed = embed
+  ctx.params = {"target_density": np.array([0.2, 0.4] * 4, np.float32)}
+  test_x, test_labels, _, _ = _batch(seed=13, dim=6)
+  test_ds = Dataset(images=np.zeros((len(test_labels), 2, 2, 3), np.uint8),
+                    labels=test_labels,
+                    class_names=tuple(str(c) for c in range(NUM_CLASSES)))
+  out = method.evaluate(ctx, None, test_ds, test_x)
+  ref_test, counts = ref_class_density(test_x, test_labels, NUM_CLASSES)
+  measured = counts >= 2
+  np.testing.assert_allclose(out["test_density"], ref_test[measured].mean(),
+                             rtol=1e-5)
+  ref_train, _ = ref_class_density(train_emb, labels, NUM_CLASSES)
+  np.testing.assert_allclose(out["train_density"], ref_train.mean(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(out["mean_target_density"], 0.3, rtol=1e-6)
+  assert embedded == [("embedding", 40)]

@@ -1,4 +1,6 @@
 """Proxy-NCA, softmax and normalised-softmax losses against NumPy loops."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -6,6 +8,12 @@ import numpy as np
 import pytest
 
 from dmlx import losses
+
+# These tests compile many small programs; LLVM's optimisations would cost more
+# than the programs ever run. Numerics do not depend on them.
+jit = functools.partial(
+    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +68,7 @@ def _float64(params):
 def test_proxy_nca_matches_loops(scale, exclude_positive):
   x, y = _batch(0)
   params = _float64(losses.init_proxy_nca(jax.random.PRNGKey(0), 4, 5))
-  loss, aux = jax.jit(
+  loss, aux = jit(
       lambda x, p: losses.proxy_nca(x, y, p, scale=scale,
                                     exclude_positive=exclude_positive))(
                                         x, params)
@@ -74,7 +82,7 @@ def test_softmax_matches_loops():
   x, y = _batch(1)
   params = _float64(losses.init_softmax(jax.random.PRNGKey(1), 4, 5))
   params["bias"] = params["bias"] + jnp.array([0.1, -0.2, 0.3, 0.0])
-  loss, _ = jax.jit(lambda x, p: losses.softmax_cross_entropy(x, y, p))(
+  loss, _ = jit(lambda x, p: losses.softmax_cross_entropy(x, y, p))(
       x, params)
   np.testing.assert_allclose(
       loss, _ref_softmax(x, y, np.asarray(params["kernel"]),
@@ -85,7 +93,7 @@ def test_normalized_softmax_matches_loops():
   x, y = _batch(2)
   params = _float64(losses.init_normalized_softmax(jax.random.PRNGKey(2), 4,
                                                    5))
-  loss, _ = jax.jit(lambda x, p: losses.normalized_softmax(
+  loss, _ = jit(lambda x, p: losses.normalized_softmax(
       x, y, p, temperature=0.1))(x, params)
   np.testing.assert_allclose(
       loss, _ref_softmax(x, y, np.asarray(params["kernel"]), None, True, 0.1),
@@ -97,17 +105,17 @@ def test_normalized_softmax_matches_loops():
 def test_gradients_wrt_embeddings_and_params(name):
   x, y = _batch(3)
   params = _float64(losses.init(name, jax.random.PRNGKey(3), 4, 5))
-  f = jax.jit(lambda x, p: losses.apply(name, x, y, params=p)[0])
+  f = jit(lambda x, p: losses.apply(name, x, y, params=p)[0])
   jax.test_util.check_grads(f, (x, params), order=1, modes=["rev"])
 
 
 def test_out_of_range_labels_are_ignored():
   x, y = _batch(4)
   params = _float64(losses.init_proxy_nca(jax.random.PRNGKey(4), 4, 5))
-  full, _ = jax.jit(losses.proxy_nca)(x, y, params)
+  full, _ = jit(losses.proxy_nca)(x, y, params)
   padded_x = np.concatenate([x, np.ones((2, 5))])
   padded_y = np.concatenate([y, [-1, 4]])
-  padded, _ = jax.jit(losses.proxy_nca)(padded_x, padded_y, params)
+  padded, _ = jit(losses.proxy_nca)(padded_x, padded_y, params)
   np.testing.assert_allclose(padded, full, rtol=1e-12)
 
 

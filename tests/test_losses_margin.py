@@ -9,6 +9,12 @@ import pytest
 
 from dmlx import losses
 
+# These tests compile many small programs; LLVM's optimisations would cost more
+# than the programs ever run. Numerics do not depend on them.
+jit = functools.partial(
+    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
 
 @pytest.fixture(autouse=True)
 def x64():
@@ -89,7 +95,7 @@ def test_sampling_frequencies_follow_inverse_density(sampler):
   x = x / np.linalg.norm(x, axis=1, keepdims=True)
   d = losses.pairwise_distances(jnp.asarray(x))
   keys = jax.random.split(jax.random.PRNGKey(0), 3000)
-  draw = jax.jit(jax.vmap(functools.partial(
+  draw = jit(jax.vmap(functools.partial(
       losses.distance_weighted_sampling, distances=d, labels=y, dim=5,
       cutoff=0.5, nonzero_loss_cutoff=1.4, sampler=sampler)))
   negatives, has_negative = draw(keys)
@@ -119,7 +125,7 @@ def test_sampling_falls_back_to_uniform_when_all_negatives_are_far():
   y = np.array([0, 0, 1, 1])
   d = losses.pairwise_distances(jnp.asarray(x))
   keys = jax.random.split(jax.random.PRNGKey(1), 2000)
-  negatives, _ = jax.jit(jax.vmap(
+  negatives, _ = jit(jax.vmap(
       lambda k: losses.distance_weighted_sampling(k, d, y, dim=2)))(keys)
   drawn = np.asarray(negatives)[:, 0, 1]
   assert set(drawn) == {2, 3}
@@ -130,7 +136,7 @@ def test_margin_loss_gradients():
   x, y = _batch(2)
   key = jax.random.PRNGKey(7)
   beta = jnp.array([1.0, 1.1, 0.9, 1.2])
-  f = jax.jit(lambda x, b: losses.margin_loss(
+  f = jit(lambda x, b: losses.margin_loss(
       x, y, {"beta": b}, key, beta_per_class=True, nu=0.05, alpha=0.3)[0])
   jax.test_util.check_grads(f, (x, beta), order=1, modes=["rev"])
   g_beta = jax.grad(f, argnums=1)(x, beta)

@@ -9,6 +9,12 @@ import pytest
 
 from dmlx import losses
 
+# These tests compile many small programs; LLVM's optimisations would cost more
+# than the programs ever run. Numerics do not depend on them.
+jit = functools.partial(
+    jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
 
 @pytest.fixture(autouse=True)
 def x64():
@@ -91,7 +97,7 @@ def _ref_nca(x, y, scale):
                          [(0.0, 1.0, False), (0.3, 1.2, True)])
 def test_contrastive_matches_loops(pos_margin, neg_margin, squared):
   x, y = _batch(0)
-  loss, aux = jax.jit(functools.partial(
+  loss, aux = jit(functools.partial(
       losses.contrastive, pos_margin=pos_margin, neg_margin=neg_margin,
       squared=squared))(x, y)
   np.testing.assert_allclose(
@@ -102,7 +108,7 @@ def test_contrastive_matches_loops(pos_margin, neg_margin, squared):
 
 def test_npair_matches_loops():
   x, y = _batch(1)
-  loss, aux = jax.jit(functools.partial(losses.npair, l2_reg=0.01))(x, y)
+  loss, aux = jit(functools.partial(losses.npair, l2_reg=0.01))(x, y)
   np.testing.assert_allclose(loss, _ref_npair(x, y, 0.01), rtol=1e-9)
   np.testing.assert_allclose(aux["npair_loss"], _ref_npair(x, y, 0.0),
                              rtol=1e-9)
@@ -112,7 +118,7 @@ def test_npair_matches_loops():
 def test_lifted_structure_matches_loops():
   for seed, margin in [(2, 1.0), (3, 0.5)]:
     x, y = _batch(seed)
-    loss, aux = jax.jit(losses.lifted_structure)(x, y, margin=margin)
+    loss, aux = jit(losses.lifted_structure)(x, y, margin=margin)
     np.testing.assert_allclose(loss, _ref_lifted(x, y, margin), rtol=1e-9)
     assert loss > 0 and 0 < aux["fraction_active"] <= 1
 
@@ -120,14 +126,14 @@ def test_lifted_structure_matches_loops():
 def test_nca_matches_loops():
   for seed, scale in [(4, 1.0), (5, 3.0)]:
     x, y = _batch(seed)
-    loss, aux = jax.jit(losses.nca)(x, y, scale=scale)
+    loss, aux = jit(losses.nca)(x, y, scale=scale)
     np.testing.assert_allclose(loss, _ref_nca(x, y, scale), rtol=1e-9)
 
 
 def test_nca_expected_accuracy_is_mean_probability():
   x = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
   y = np.array([0, 0, 1])
-  _, aux = jax.jit(losses.nca)(x, y)
+  _, aux = jit(losses.nca)(x, y)
   np.testing.assert_allclose(aux["expected_accuracy"],
                              (0.5 + 1 / (1 + np.exp(-1))) / 2, rtol=1e-9)
 
@@ -140,15 +146,15 @@ def test_nca_expected_accuracy_is_mean_probability():
 ])
 def test_gradients(fn, hyper):
   x, y = _batch(6)
-  f = jax.jit(lambda x: fn(x, y, **hyper)[0])
+  f = jit(lambda x: fn(x, y, **hyper)[0])
   jax.test_util.check_grads(f, (x,), order=1, modes=["rev"])
 
 
 def test_lifted_far_negatives_are_stable():
   # exp(alpha - D) underflows for D ~ 1e3; the log-sum-exp form must not.
   x, y = _batch(7, scale=200.0)
-  loss, _ = jax.jit(losses.lifted_structure)(x, y)
-  grad = jax.jit(jax.grad(lambda x: losses.lifted_structure(x, y)[0]))(x)
+  loss, _ = jit(losses.lifted_structure)(x, y)
+  grad = jit(jax.grad(lambda x: losses.lifted_structure(x, y)[0]))(x)
   assert np.isfinite(loss) and np.all(np.isfinite(grad))
   np.testing.assert_allclose(loss, _ref_lifted_log(x, y, 1.0), rtol=1e-9)
 

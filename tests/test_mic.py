@@ -510,3 +510,79 @@ def test_with_registry_margin_loss_if_available():
       params, outputs, batch, state, jax.random.PRNGKey(0))
   assert bool(jnp.isfinite(value))
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+# ---------------------------------------------------------------------------
+# Evaluation on the concatenation [E_alpha, E_beta].
+# ---------------------------------------------------------------------------
+
+
+def _np_recall_at_k(x, labels, k):
+  """Plain-loop Recall@k: the query itself excluded, L2 distance."""
+  hits = 0
+  for i in range(len(x)):
+    dist = [(float(np.sum((x[i] - x[j]) ** 2)), j)
+            for j in range(len(x)) if j != i]
+    dist.sort()
+    hits += any(labels[j] == labels[i] for _, j in dist[:k])
+  return hits / len(x)
+
+
+def _complementary_encoders(per_class=6, seed=0):
+  """E_alpha tells classes {0,1} from {2,3}, E_beta {0,2} from {1,3}: only
+  their concatenation separates all four classes."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(4), per_class)
+  eye = np.eye(4, dtype=np.float32)
+  e_alpha = eye[labels // 2] + 0.05 * rng.normal(size=(len(labels), 4))
+  e_beta = eye[labels % 2] + 0.05 * rng.normal(size=(len(labels), 4))
+  norm = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(
+      np.float32)
+  return labels, norm(e_alpha), norm(e_beta)
+
+
+@needs_kmeans
+def test_evaluate_concatenation_matches_loop_reference():
+  labels, e_alpha, e_beta = _complementary_encoders()
+  calls = []
+
+  def embed(layer="embedding", dataset=None):
+    calls.append((layer, dataset))
+    return {"embedding": e_alpha, "aux_embedding": e_beta}[layer]
+
+  cfg = _config()
+  cfg.eval = ml_collections.ConfigDict({"ks": (1, 2),
+                                        "metrics": ("recall", "nmi")})
+  test_ds = _FakeDataset(labels)
+  ctx = HostContext(config=cfg, train=None, embed=embed, params={}, epoch=0,
+                    seed=0)
+  method = mic.make(cfg, base_loss=STUB)
+  out = method.evaluate(ctx, None, test_ds, e_alpha)
+  assert calls == [("aux_embedding", test_ds)]   # E_alpha is not re-embedded
+  assert set(out) == {"concat/recall@1", "concat/recall@2", "concat/nmi"}
+  joint = np.concatenate([e_alpha, e_beta], axis=1)
+  for k in (1, 2):
+    np.testing.assert_allclose(out[f"concat/recall@{k}"],
+                               _np_recall_at_k(joint, labels, k), atol=1e-6)
+  assert out["concat/recall@1"] == 1.0
+  assert _np_recall_at_k(e_alpha, labels, 1) < 0.8   # each alone is not enough
+  assert _np_recall_at_k(e_beta, labels, 1) < 0.8
+  assert out["concat/nmi"] > 0.9
+
+  calls.clear()
+  again = mic.evaluate_concatenation(ctx, test_ds, None)
+  assert [layer for layer, _ in calls] == ["embedding", "aux_embedding"]
+  assert again == out
+
+
+def test_evaluate_only_with_aux_head_and_checks_sizes():
+  cfg = _config()
+  cfg.model.aux_embedding_dim = 0
+  assert mic.make(cfg, base_loss=STUB).evaluate is None
+  assert mic.make(_config(), base_loss=STUB).evaluate is not None
+  ctx = HostContext(config=None, train=None, params={}, epoch=0, seed=0,
+                    embed=lambda layer="embedding", dataset=None:
+                    np.zeros((3, 2), np.float32))
+  with pytest.raises(ValueError, match="E_beta has 3"):
+    mic.evaluate_concatenation(ctx, _FakeDataset(np.zeros(5, int)),
+                               np.zeros((5, 2), np.float32))

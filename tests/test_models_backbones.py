@@ -7,6 +7,7 @@ tiny widths and 32-64 px inputs so the file stays fast on 2 CPU cores.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 
@@ -60,6 +61,42 @@ def _pool_ref(x, k, s, p, ceil_mode, op, count_include_pad=True):
   return y
 
 
+def _key(seed):
+  # 'rbg' keys: XLA:CPU compiles threefry sampling very slowly (seconds per
+  # initialiser), which would dominate this file's run time.
+  return jax.random.key(seed, impl="rbg")
+
+
+def _fill(shapes, seed=0):
+  """Concrete variables for traced shapes without running the initialisers.
+
+  He-scaled Gaussian kernels, unit BN scale/var, small random biases/means.
+  """
+  rng = np.random.RandomState(seed)
+
+  def value(path, s):
+    name = path[-1].key
+    if name == "kernel":
+      std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
+      return jnp.asarray(rng.randn(*s.shape) * std, s.dtype)
+    if name in ("scale", "var"):
+      return jnp.asarray(1.0 + 0.1 * rng.rand(*s.shape), s.dtype)
+    return jnp.asarray(0.1 * rng.randn(*s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
+
+
+def _jit(f, *args):
+  """Compiles ``f`` for ``args`` at XLA optimisation level 0 and runs it.
+
+  Halves XLA:CPU compile time of these many-layer graphs; the numerics the
+  tests check do not depend on it.
+  """
+  compiled = jax.jit(f).lower(*args).compile(
+      {"xla_backend_optimization_level": 0})
+  return compiled(*args)
+
+
 def _n_params(tree):
   return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
 
@@ -73,8 +110,7 @@ def _paths(tree):
 
 CONV_CASES = [  # (input side, kernel, stride, padding)
     (1, 3, 1, "SAME"),
-    (2, 3, 1, "SAME"),
-    (3, 3, 1, 1),
+    (2, 3, 1, 1),
     (4, 3, 2, "SAME"),  # SAME + stride 2 pads (0, 1) on even inputs
     (4, 3, 2, 1),  # torchvision-style explicit padding
     (5, 3, 2, "VALID"),
@@ -86,26 +122,26 @@ CONV_CASES = [  # (input side, kernel, stride, padding)
 
 @pytest.mark.parametrize("size,kernel,stride,padding", CONV_CASES)
 def test_im2col_conv_matches_nn_conv_and_grads(size, kernel, stride, padding):
-  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 5))
+  x = jax.random.normal(_key(0), (2, size, size + 1, 5))
   ref = nn.Conv(6, (kernel, kernel), stride, padding=padding)
-  params = ref.init(jax.random.key(1), x)
+  params = ref.init(_key(1), x)
   params = jax.tree_util.tree_map(  # non-zero bias so it is tested too
       lambda a: a + 0.1 if a.ndim == 1 else a, params)
   ours = layers.Conv(6, kernel, stride, padding=padding, im2col_max_size=99)
   # Same parameter tree: checkpoints are interchangeable.
-  assert (jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.key(1), x))
+  assert (jax.tree_util.tree_map(jnp.shape, ours.init(_key(1), x))
           == jax.tree_util.tree_map(jnp.shape, params))
   # The forced path really is im2col (no convolution primitive).
   jaxpr = str(jax.make_jaxpr(ours.apply)(params, x))
   assert "conv_general_dilated" not in jaxpr
-  y, y_ref = ours.apply(params, x), ref.apply(params, x)
+
+  def out_and_grads(module):
+    f = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+    return module.apply(params, x), jax.grad(f, argnums=(0, 1))(params, x)
+
+  (y, g), (y_ref, g_ref) = jax.jit(
+      lambda: (out_and_grads(ours), out_and_grads(ref)))()
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-
-  def loss(module):
-    return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-
-  g = jax.grad(loss(ours), argnums=(0, 1))(params, x)
-  g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -120,10 +156,10 @@ def test_im2col_conv_matches_numpy_loop():
 
 
 def test_im2col_conv_check_grads():
-  x = jax.random.normal(jax.random.key(2), (1, 2, 3, 2))
-  k = jax.random.normal(jax.random.key(3), (3, 3, 2, 2))
-  f = lambda x, k: layers.im2col_conv2d(x, k, (1, 1), [(1, 1), (1, 1)])
-  jax.test_util.check_grads(f, (x, k), order=2, modes=["rev"], eps=1e-2)
+  x = jax.random.normal(_key(2), (1, 2, 3, 2))
+  k = jax.random.normal(_key(3), (3, 3, 2, 2))
+  f = jax.jit(lambda x, k: layers.im2col_conv2d(x, k, (1, 1), [(1, 1), (1, 1)]))
+  jax.test_util.check_grads(f, (x, k), order=1, modes=["rev"], eps=1e-2)
 
 
 def test_conv_switches_path_on_output_size():
@@ -131,17 +167,17 @@ def test_conv_switches_path_on_output_size():
   for strides, max_size, expect_conv in [(1, 3, True), (4, 3, False),
                                          (4, 0, True), (1, 8, False)]:
     m = layers.Conv(3, 3, strides, padding=1, im2col_max_size=max_size)
-    p = m.init(jax.random.key(0), x)
+    p = m.init(_key(0), x)
     has_conv = "conv_general_dilated" in str(jax.make_jaxpr(m.apply)(p, x))
     assert has_conv == expect_conv, (strides, max_size)
 
 
 def test_conv_bad_padding_raises():
   with pytest.raises(ValueError, match="CIRCULAR"):
-    layers.Conv(2, 3, padding="CIRCULAR").init(jax.random.key(0),
+    layers.Conv(2, 3, padding="CIRCULAR").init(_key(0),
                                                jnp.ones((1, 4, 4, 1)))
   with pytest.raises(ValueError, match="does not fit"):
-    layers.Conv(2, 5, padding="VALID").init(jax.random.key(0),
+    layers.Conv(2, 5, padding="VALID").init(_key(0),
                                             jnp.ones((1, 3, 3, 1)))
 
 
@@ -164,7 +200,7 @@ def test_pools_match_pytorch_semantics(size, k, s, p, ceil_mode):
 
 
 def test_pools_differentiable_and_global_pool():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+  x = jax.random.normal(_key(0), (2, 5, 5, 3))
   g = jax.jit(jax.grad(lambda x: jnp.sum(layers.max_pool(x, 3, 2, 1, True))
                        + jnp.sum(layers.avg_pool(x, 3, 1, 1, True))))(x)
   assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
@@ -181,7 +217,7 @@ def test_pools_differentiable_and_global_pool():
 
 def _full_shapes(model, size=224):
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  variables = jax.eval_shape(model.init, _key(0), x)
   out = jax.eval_shape(model.apply, variables, x)
   return variables, {k: v.shape[1:] for k, v in out.items()}
 
@@ -284,18 +320,18 @@ TINY = {  # name: (model, input side, expected spatial sides per feature)
 @pytest.mark.parametrize("name", list(TINY))
 def test_tiny_backbone_runs_jitted_with_batch_stats(name):
   model, side, sides = TINY[name]
-  x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
-  variables = jax.jit(model.init)(jax.random.key(1), x)
+  x = jnp.asarray(np.random.RandomState(0).randn(2, side, side, 3),
+                  jnp.float32)
+  variables = _fill(jax.eval_shape(model.init, _key(1), x))
   frozen = model.clone(frozen_bn=True)
 
-  @jax.jit
   def run(variables, x):
     ev = model.apply(variables, x)
     tr, new = model.apply(variables, x, train=True, mutable=["batch_stats"])
     fr, same = frozen.apply(variables, x, train=True, mutable=["batch_stats"])
     return ev, tr, new["batch_stats"], fr, same["batch_stats"]
 
-  ev, tr, new_stats, fr, same_stats = run(variables, x)
+  ev, tr, new_stats, fr, same_stats = _jit(run, variables, x)
   # Documented keys, shapes, 'pooled' last and equal to the pooled last map.
   assert list(ev)[-1] == "pooled"
   assert set(sides) <= set(ev)
@@ -318,12 +354,12 @@ def test_tiny_backbone_runs_jitted_with_batch_stats(name):
 
 
 def test_im2col_path_does_not_change_a_network():
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  x = jax.random.normal(_key(0), (2, 32, 32, 3))
   model = ResNet18(num_filters=4)  # ImageNet stem: stage3 2x2, stage4 1x1
-  variables = jax.jit(model.init)(jax.random.key(1), x)
+  variables = _fill(jax.eval_shape(model.init, _key(1), x))
   plain = model.clone(im2col_max_size=0)
-  a = jax.jit(model.apply)(variables, x)
-  b = jax.jit(plain.apply)(variables, x)
+  a, b = _jit(lambda v, x: (model.apply(v, x), plain.apply(v, x)),
+              variables, x)
   for key in a:
     np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
 
@@ -332,14 +368,14 @@ def test_variants_keys_and_bad_input():
   x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
   small = VGG16BN(num_filters=4, small_inputs=True, pooling="avg")
   out = jax.eval_shape(small.apply,
-                       jax.eval_shape(small.init, jax.random.key(0), x), x)
+                       jax.eval_shape(small.init, _key(0), x), x)
   assert "pool1" not in out and out["conv5_3"].shape == (2, 4, 4, 32)
   net = GoogLeNet(width=0.125, small_inputs=True)
   out = jax.eval_shape(net.apply,
-                       jax.eval_shape(net.init, jax.random.key(0), x), x)
+                       jax.eval_shape(net.init, _key(0), x), x)
   assert out["conv1"].shape[1:3] == (32, 32)
   with pytest.raises(ValueError, match="pooling"):
-    jax.eval_shape(ResNet18(pooling="sum").init, jax.random.key(0), x)
+    jax.eval_shape(ResNet18(pooling="sum").init, _key(0), x)
   with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
-    jax.eval_shape(BNInception().init, jax.random.key(0),
+    jax.eval_shape(BNInception().init, _key(0),
                    jax.ShapeDtypeStruct((32, 32, 3), jnp.float32))

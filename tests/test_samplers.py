@@ -56,3 +56,42 @@ def test_whole_class_keeps_classes_together():
   # Classes appear as contiguous runs in the epoch's order.
   runs = np.count_nonzero(np.diff(labels[flat]) != 0) + 1
   assert runs == 9
+
+
+def _class_counts_per_batch(labels, sampler, epoch):
+  for step in range(sampler.steps_per_epoch):
+    b = sampler.batch(epoch, step)
+    assert b.shape == (sampler.batch_size,)
+    yield np.unique(labels[b], return_counts=True)[1]
+
+
+@pytest.mark.parametrize("batch_size", [5, 7, 16, 20, 33])
+def test_whole_class_every_class_in_a_batch_has_two_images(batch_size):
+  """DML-DA measures each class's density in the batch (eq. 5): no class may
+  be cut to a single image at a batch boundary, for any batch size."""
+  labels = np.concatenate([_labels(), np.full(1, 9)])  # + a one-image class
+  s = samplers.WholeClassSampler(labels, batch_size, seed=3)
+  for epoch in range(4):
+    for counts in _class_counts_per_batch(labels, s, epoch):
+      assert counts.min() >= 2, counts
+    seen = np.concatenate([s.batch(epoch, i) for i in range(s.steps_per_epoch)])
+    assert set(seen.tolist()) == set(range(len(labels)))
+
+
+def test_whole_class_packs_without_extra_steps_for_many_small_classes():
+  # SOP-like: many classes of 2-12 images, batches of 100.
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(400), rng.integers(2, 13, 400))
+  s = samplers.WholeClassSampler(labels, 100, seed=0)
+  assert s.steps_per_epoch == -(-len(labels) // 100)
+  for counts in _class_counts_per_batch(labels, s, 1):
+    assert counts.min() >= 2
+  # Cuts happen only at batch ends, so each class forms about one run.
+  flat = np.concatenate([s.batch(1, i) for i in range(s.steps_per_epoch)])
+  runs = np.count_nonzero(np.diff(labels[flat][:len(labels)]) != 0) + 1
+  assert runs <= 400 + s.steps_per_epoch  # classes stay (nearly) contiguous
+
+
+def test_whole_class_rejects_batch_of_one():
+  with pytest.raises(ValueError, match="batch_size"):
+    samplers.WholeClassSampler(_labels(), 1)

@@ -21,6 +21,7 @@ have seen: the sampler position *is* the global step.
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Protocol
 
@@ -131,27 +132,137 @@ class PKSampler:
 class WholeClassSampler:
   """Whole classes accumulated until the batch is full (DML-DA on SOP).
 
-  Classes are visited in a shuffled order; each batch takes every image of the
-  next classes while they fit, and the last class that does not fit is cut
-  (its remaining images start the next batch), so every example is visited.
+  DML-DA (Li et al., 2019, Sec. IV-A) builds each SOP batch "by accumulating
+  all the images for randomly sampled classes until the maximum size of
+  mini-batch is achieved", so that every class in a batch has a measurable
+  density (eq. 5). Classes are visited in a shuffled order and packed into
+  batches of exactly ``batch_size``, with **every class in a batch holding at
+  least two of its images**:
+
+  * a class that fits in the space left goes in whole, unless it would leave
+    exactly one free slot (no class could use it); the next class of the
+    shuffled order that fits is taken instead;
+  * a class larger than the space left is cut, the cut never leaving a single
+    image on either side (its rest starts the next batch, so classes stay
+    contiguous in the epoch's order);
+  * a class with a single image is shown twice (as :class:`PKSampler`
+    completes short classes by repetition);
+  * the last batch is completed with repeats of its own images.
+
+  Every example is visited once per epoch. Where the packing leaves a hole
+  (every class left has one image more or fewer than the space left, which
+  needs small batches or few classes), the hole is filled with repeats of the
+  batch's images. ``steps_per_epoch`` is ceil(N / batch_size) (single-image
+  classes counted twice), or the length of epoch 0's packing if that needs
+  more; an epoch whose packing is longer is drawn again in another order, and
+  one that is shorter is completed with extra batches of whole classes.
+
+  Args:
+    labels: ``[N]`` integer labels of the training set.
+    batch_size: images per batch (>= 2).
+    seed: base seed; epoch ``e`` uses ``default_rng([seed, e])``.
   """
 
+  MAX_ORDERS = 100
+
   def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0):
-    self.members = [m for m in _class_members(np.asarray(labels)) if len(m)]
+    labels = np.asarray(labels)
+    if batch_size < 2:
+      raise ValueError(f"WholeClassSampler needs batch_size >= 2 (two images "
+                       f"of each class), got {batch_size}.")
+    if len(labels) < 1:
+      raise ValueError("WholeClassSampler needs a non-empty training set.")
+    # A single-image class counts twice: it is shown with a repeat.
+    self.members = [m if len(m) > 1 else np.repeat(m, 2)
+                    for m in _class_members(labels) if len(m)]
     self.batch_size = batch_size
     self.seed = seed
-    self.steps_per_epoch = -(-len(labels) // batch_size)
+    total = sum(len(m) for m in self.members)
+    first = len(self._pack(np.random.default_rng([seed, 0])))
+    self.steps_per_epoch = max(-(-total // batch_size), first)
+
+  def _pack(self, rng: np.random.Generator) -> list[np.ndarray]:
+    """One packing of all classes in a random order."""
+    order = rng.permutation(len(self.members))
+    return _pack_classes([rng.permutation(self.members[c]) for c in order],
+                         self.batch_size)
 
   @functools.lru_cache(maxsize=2)
   def _plan(self, epoch: int) -> np.ndarray:
     rng = np.random.default_rng([self.seed, epoch])
-    flat = np.concatenate([rng.permutation(self.members[c])
-                           for c in rng.permutation(len(self.members))])
-    return np.resize(flat, (self.steps_per_epoch, self.batch_size))
+    for _ in range(self.MAX_ORDERS):
+      batches = self._pack(rng)
+      if len(batches) <= self.steps_per_epoch:
+        break
+    else:
+      raise ValueError(
+          f"WholeClassSampler: could not pack classes of sizes "
+          f"{sorted({len(m) for m in self.members})} into "
+          f"{self.steps_per_epoch} batches of {self.batch_size} with >= 2 "
+          f"images per class in {self.MAX_ORDERS} orders; change batch_size.")
+    while len(batches) < self.steps_per_epoch:  # extra whole-class batches
+      batches += self._pack(rng)[:self.steps_per_epoch - len(batches)]
+    return np.stack(batches)
 
   def batch(self, epoch: int, step: int, state: Any = None) -> np.ndarray:
     del state
     return self._plan(epoch)[step]
+
+
+def _fits(n: int, k: int, space: int) -> bool:
+  """Whether ``k`` of a class's ``n`` remaining images may go into a batch
+  with ``space`` free slots: at least two of them, and neither the batch
+  left with one free slot nor the class with one image for later."""
+  return 2 <= k <= min(n, space) and n - k != 1 and space - k != 1
+
+
+def _choose(queue: collections.deque, space: int) -> tuple[int, int]:
+  """``(position, count)`` of the next piece: the first class of the queue
+  that goes in whole (or fills the batch), else the first that can be cut
+  somewhere; ``(0, 0)`` when none can."""
+  for pos, members in enumerate(queue):
+    if _fits(len(members), min(len(members), space), space):
+      return pos, min(len(members), space)
+  for pos, members in enumerate(queue):
+    for k in range(min(len(members), space) - 1, 1, -1):
+      if _fits(len(members), k, space):
+        return pos, k
+  return 0, 0
+
+
+def _pack_classes(classes: list[np.ndarray], batch_size: int
+                  ) -> list[np.ndarray]:
+  """Packs ``classes`` (index arrays of >= 2 images, in visiting order) into
+  batches of ``batch_size`` with >= 2 images of every class in a batch. The
+  rest of a class cut at a batch's end goes first into the next batch."""
+  queue = collections.deque(classes)
+  batches, current, space = [], [], batch_size
+  while queue:
+    pos, k = _choose(queue, space)
+    if k:
+      members = queue[pos]
+      del queue[pos]
+      current.append(members[:k])
+      space -= k
+      if k < len(members):
+        queue.appendleft(members[k:])
+    elif current:  # a hole: fill it with repeats of the batch's own images
+      current.append(np.resize(np.concatenate(current), space))
+      space = 0
+    else:  # nothing fits an empty batch (tiny batch_size): use repeats
+      members = queue.popleft()
+      piece, rest = members[:space], members[space:]
+      current.append(np.resize(piece, space))
+      space = 0
+      if len(rest):  # a single leftover image is shown with a repeat
+        queue.appendleft(rest if len(rest) > 1 else
+                         np.concatenate([rest, piece[:1]]))
+    if space == 0:
+      batches.append(np.concatenate(current))
+      current, space = [], batch_size
+  if current:  # complete the last batch with repeats of its own images
+    batches.append(np.resize(np.concatenate(current), batch_size))
+  return batches
 
 
 def make_sampler(config, labels: np.ndarray, seed: int) -> Sampler:

@@ -15,7 +15,10 @@ with L_DA the density regulariser of eqs. (6)/(8)
   class's original density D^(0)_avg, eq. (5) on the L2-normalised
   global-pooled backbone features (``ctx.embed('pooled')``), measured once in
   ``init_state`` before training (the paper uses GoogLeNet's pool5);
-* the jitted ``loss`` = base loss + λ · regulariser.
+* the jitted ``loss`` = base loss + λ · regulariser;
+* ``evaluate``: after training, the mean class density (eq. 5) of the final
+  embeddings on the test and training classes and the mean learnt α_c
+  (:func:`evaluate_densities`).
 
 ``config.method.regularizer`` selects the regulariser:
 
@@ -278,7 +281,47 @@ def make(config: Any, *, registry: Optional[Any] = None) -> Method:
                 "loss": total})
     return total, aux
 
+  def evaluate(ctx: HostContext, state: Optional[DensityState], test_dataset,
+               test_embeddings: np.ndarray) -> dict:
+    """Mean class density (eq. 5) of the final embeddings on the test classes
+    and on the training set (``config.eval.train_subset`` of it), and the
+    mean learnt target density α_c."""
+    del state
+    return evaluate_densities(ctx, test_dataset, test_embeddings)
+
   variant = ("density" if s["correlation"] else "density_minus") \
       if uses_alpha else s["regularizer"]
   return Method(name=f"dmlda:{variant}:{loss_name}", loss=loss,
-                init_params=init_params, init_state=init_state)
+                init_params=init_params, init_state=init_state,
+                evaluate=evaluate)
+
+
+def evaluate_densities(ctx: HostContext, test_dataset: Any,
+                       test_embeddings: np.ndarray) -> dict[str, float]:
+  """The densities DML-DA acts on, measured after training (eq. 5).
+
+  Returns ``test_density`` and ``train_density``: the mean over classes of
+  D_avg(S_c) of the L2-normalised embeddings, over all test examples and over
+  ``config.eval.train_subset`` training examples (all when 0); plus
+  ``mean_target_density`` (mean α_c) when the method learns α. A larger value
+  is a lower density (more intra-class spread).
+  """
+  test_labels = np.asarray(test_dataset.labels)
+  result = {"test_density": float(np.mean(original_density(
+      test_embeddings, test_labels, test_dataset.num_classes)))}
+  train = ctx.train
+  limit = int(getattr(getattr(ctx.config, "eval", None), "train_subset", 0)
+              or 0)
+  if limit and len(train) > limit:
+    index = np.sort(np.random.default_rng(ctx.seed).choice(
+        len(train), limit, replace=False))
+    train = train.subset(index, relabel=False)
+  train_embeddings = ctx.embed("embedding", train)
+  present = np.unique(train.labels)
+  density = original_density(train_embeddings, train.labels, train.num_classes)
+  result["train_density"] = float(np.mean(density[present]))
+  params = ctx.params if isinstance(ctx.params, dict) else {}
+  if "target_density" in params:
+    result["mean_target_density"] = float(np.mean(np.asarray(
+        params["target_density"])))
+  return result

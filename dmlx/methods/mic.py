@@ -48,8 +48,10 @@ loss with the step's ``rng`` (fresh noise every step, as the authors' sampler
 re-draws at every batch), see :func:`dmlx.losses._mic.switch_labels`.
 
 Evaluation: E_α (``'embedding'``) gives the reported numbers; E_β
-(``'aux_embedding'``) and the concatenation of both are evaluated by the
-trainer's evaluator on the named outputs, which this module leaves to it.
+(``'aux_embedding'``) is evaluated by the trainer like any named output
+(``config.eval.layers``), and ``Method.evaluate`` adds retrieval on the
+concatenation [E_α, E_β] (Fig. 4, "the combination of the two"), reported as
+``concat/recall@k``, ``concat/nmi``, ... (:func:`evaluate_concatenation`).
 
 Config (``config.method``; paper / authors' defaults):
   num_clusters: C, required (30 CUB200, 200 CARS196, 50 SOP, 150 In-Shop,
@@ -310,6 +312,42 @@ def _loss_name_and_kwargs(config: Any) -> tuple[str, dict]:
   return str(name), dict(kwargs)
 
 
+def evaluate_concatenation(ctx: HostContext, test_dataset: Any,
+                           test_embeddings: Optional[np.ndarray] = None
+                           ) -> dict[str, float]:
+  """Retrieval on the concatenation [E_α, E_β] (MIC Sec. 5, Fig. 4).
+
+  Both encoders are L2-normalised, so the concatenation has norm sqrt(2) and
+  each encoder weighs equally in the distance
+  ``||[a, b] - [a', b']||² = ||a - a'||² + ||b - b'||²``.
+
+  Args:
+    ctx: host context; ``ctx.embed(layer, dataset)`` embeds the test set and
+      ``ctx.config.eval`` gives ``ks`` and ``metrics`` (defaults (1, 2, 4, 8),
+      recall and NMI when absent).
+    test_dataset: the test split (``.labels``).
+    test_embeddings: E_α of the test set if already computed (``[N, D]``),
+      else it is embedded here.
+
+  Returns:
+    ``{'concat/recall@1': ..., 'concat/nmi': ..., ...}``.
+  """
+  from dmlx import eval as dmlx_eval  # host-only (FAISS).
+  e_alpha = (np.asarray(ctx.embed("embedding", test_dataset))
+             if test_embeddings is None else np.asarray(test_embeddings))
+  e_beta = np.asarray(ctx.embed("aux_embedding", test_dataset))
+  if e_alpha.shape[0] != e_beta.shape[0]:
+    raise ValueError(f"E_alpha has {e_alpha.shape[0]} test embeddings but "
+                     f"E_beta has {e_beta.shape[0]}.")
+  eval_cfg = getattr(getattr(ctx, "config", None), "eval", None)
+  ks = tuple(getattr(eval_cfg, "ks", (1, 2, 4, 8)))
+  metrics = tuple(getattr(eval_cfg, "metrics", ("recall", "nmi")))
+  joint = np.concatenate([e_alpha, e_beta], axis=1).astype(np.float32)
+  result = dmlx_eval.evaluate_retrieval(joint, np.asarray(test_dataset.labels),
+                                        ks=ks, metrics=metrics)
+  return {f"concat/{k}": float(v) for k, v in result.items()}
+
+
 def _aux_dim(config: Any, info: ModelInfo) -> int:
   dim = dict(info.feature_dims).get("aux_embedding")
   if dim is None:
@@ -340,7 +378,9 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
 
   Returns:
     The method: ``init_params``, ``init_state``, ``refresh`` (every
-    ``refresh_every`` epochs), ``loss`` and, with ``alternate``, ``after_step``.
+    ``refresh_every`` epochs), ``loss``, with ``alternate`` ``after_step``,
+    and with ``config.model.aux_embedding_dim > 0`` ``evaluate`` (retrieval on
+    the concatenation [E_α, E_β]).
   """
   settings = parse_config(config.method)
   loss_name, loss_kwargs = _loss_name_and_kwargs(config)
@@ -440,6 +480,14 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
     del aux, batch
     return state.replace(phase=1 - jnp.asarray(state.phase, jnp.int32))
 
+  def evaluate(ctx: HostContext, state: MICState, test_dataset: Any,
+               test_embeddings: np.ndarray) -> dict[str, float]:
+    """Retrieval on [E_α, E_β] (:func:`evaluate_concatenation`)."""
+    del state
+    return evaluate_concatenation(ctx, test_dataset, test_embeddings)
+
+  model_cfg = getattr(config, "model", None)
+  has_aux = int(getattr(model_cfg, "aux_embedding_dim", 0) or 0) > 0
   return Method(
       name="mic",
       loss=loss,
@@ -447,7 +495,8 @@ def make(config: Any, *, base_loss: Optional[BaseLoss] = None) -> Method:
       init_state=init_state,
       refresh=refresh if settings.refresh_every > 0 else None,
       refresh_every=settings.refresh_every,
-      after_step=after_step if settings.alternate else None)
+      after_step=after_step if settings.alternate else None,
+      evaluate=evaluate if has_aux else None)
 
 
 def _nmi(a: np.ndarray, b: np.ndarray) -> float:

@@ -6,10 +6,16 @@ between, each a named feature) → linear embedding of dimension D, optional L2
 normalisation and scale. ``embedding_dim=0`` uses the last layer itself (Vo &
 Hays's NetD: the loss directly on pool5_3). ``aux_embedding_dim>0`` adds MIC's
 auxiliary encoder E_β beside the class encoder E_α on the same backbone.
+
+Each fc layer ``fcN`` (the linear output, as Vo & Hays extract it) also comes
+with ``fcN_relu``, the activation the next layer sees, so a classifier can sit
+on ReLU(fc6) (their classification variant, Fig. 3-right).
+:func:`reinitialise_layers` puts named layers of a pretrained network back to
+their fresh initialisation (their NetB, Sec. 4.2).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,6 +51,7 @@ class EmbeddingNet(nn.Module):
         h = nn.relu(h)
       h = nn.Dense(width, name=self.fc_names[i])(h)
       feats[self.fc_names[i]] = h
+      feats[f"{self.fc_names[i]}_relu"] = nn.relu(h)
     if self.dropout:
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     if self.embedding_dim:
@@ -63,3 +70,53 @@ class EmbeddingNet(nn.Module):
     if self.normalise:
       e = l2_normalise(e)
     return e * self.scale
+
+
+def reinitialise_layers(pretrained: Mapping[str, Any], fresh: Mapping[str, Any],
+                        layers: Sequence[str] | str) -> dict[str, Any]:
+  """Vo & Hays (2019), Sec. 4.2: layers "initialized from scratch" in a
+  pretrained network (NetB: conv5_3 with its BatchNorm, and fc6).
+
+  Every sub-tree whose key is one of ``layers`` (at any depth, in any
+  collection) is taken from ``fresh`` (the network's own initialisation, e.g.
+  ``model.init(...)``), everything else from ``pretrained`` (the weights loaded
+  from ``config.model.pretrained``). Both are variable dicts with the same
+  structure (``{'params': ..., 'batch_stats': ...}``); the result is a new
+  dict, the inputs are not modified.
+
+  Args:
+    pretrained: variables with pretrained values.
+    fresh: variables of the same structure, freshly initialised.
+    layers: layer names (``('conv5_3', 'bn5_3')``) or a comma-separated string.
+
+  Returns:
+    The merged variables.
+
+  Raises:
+    ValueError: a name in ``layers`` is not a key anywhere in ``pretrained``,
+      or ``fresh`` lacks a sub-tree that ``pretrained`` has.
+  """
+  if isinstance(layers, str):
+    layers = [s.strip() for s in layers.split(",") if s.strip()]
+  names, found = set(layers), set()
+
+  def merge(old, new, path):
+    if not isinstance(old, Mapping):
+      return old
+    out = {}
+    for key, value in old.items():
+      if not isinstance(new, Mapping) or key not in new:
+        raise ValueError(f"fresh variables lack {'/'.join(path + (key,))!r}; "
+                         "pass the same network's initialisation.")
+      if key in names:
+        found.add(key)
+        out[key] = new[key]
+      else:
+        out[key] = merge(value, new[key], path + (key,))
+    return out
+
+  merged = merge(pretrained, fresh, ())
+  missing = sorted(names - found)
+  if missing:
+    raise ValueError(f"reinit layers {missing} are not layers of the network.")
+  return merged

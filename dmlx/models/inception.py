@@ -45,6 +45,7 @@ Features returned (forward order). GoogLeNet: ``conv1``, ``pool1``, ``conv2``,
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Sequence
 
@@ -182,7 +183,7 @@ class GoogLeNet(_InceptionBase):
     cfg = _Norm(self.dtype, self.bn_momentum, self.bn_epsilon, self.frozen_bn,
                 self.im2col_max_size,
                 nn.initializers.truncated_normal(0.01))
-    f: dict[str, Array] = {}
+    f: dict[str, Array] = collections.OrderedDict()
     stride = 1 if self.small_inputs else 2
     f["conv1"] = x = BasicConv2d(self._c(64), 7, stride, 3, cfg=cfg,
                                  name="conv1")(x, train)
@@ -285,7 +286,7 @@ class BNInception(_InceptionBase):
     cfg = _Norm(self.dtype, self.bn_momentum, self.bn_epsilon, self.frozen_bn,
                 self.im2col_max_size,
                 nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    f: dict[str, Array] = {}
+    f: dict[str, Array] = collections.OrderedDict()
     stride = 1 if self.small_inputs else 2
     x = _conv_bn_relu(x, self._c(64), 7, stride, 3, cfg, train,
                       "conv1_7x7_s2", "conv1_7x7_s2_bn", use_bias=True)

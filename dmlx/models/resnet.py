@@ -24,6 +24,7 @@ stage, average by default).
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Sequence
 
@@ -144,7 +145,7 @@ class ResNet(nn.Module):
     layers.check_pooling(self.pooling)
     if not self.stage_sizes or min(self.stage_sizes) < 1:
       raise ValueError(f"stage_sizes must be positive, got {self.stage_sizes}")
-    features: dict[str, Array] = {}
+    features: dict[str, Array] = collections.OrderedDict()
     if self.small_inputs:
       x = layers.Conv(self.num_filters, 3, 1, padding=1, use_bias=False,
                       dtype=self.dtype, kernel_init=_conv_init,

@@ -29,6 +29,7 @@ conv5_3 with the ``pooling`` attribute; with the default ``'max'`` it equals
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -101,7 +102,7 @@ class VGG(nn.Module):
     layers.check_pooling(self.pooling)
     if not self.blocks:
       raise ValueError(f"VGG needs at least one block, got {self.blocks!r}")
-    features: dict[str, Array] = {}
+    features: dict[str, Array] = collections.OrderedDict()
     last = len(self.blocks)
     for b, (num_convs, factor) in enumerate(self.blocks, start=1):
       for i in range(1, num_convs + 1):

@@ -1,0 +1,14 @@
+"""MIC + margin loss on CARS196 with the paper's settings (configs/mic.py:cars).
+
+  python launch/train.py --config=configs/mic_margin_cars.py \
+      --config.data.data_dir=... --config.model.pretrained=...
+
+Everything is defined in configs/mic.py (argument 'cars').
+"""
+import os
+import runpy
+
+
+def get_config():
+  shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "mic.py"))
+  return shared["get_config"]("cars")

@@ -1,0 +1,20 @@
+"""NNGK on Oxford 102 Flowers: classification (Meyer et al., ICIP 2018,
+Section 3.2, Table 4).
+
+  python launch/train.py --config=configs/nngk_cls_flowers.py \\
+      --config.data.data_dir=/path/to/flowers102 \\
+      --config.model.pretrained=/path/to/imagenet_weights.npz
+
+The official train and test sets (setid.mat); the test accuracy of the eq. 3
+classifier is printed as nngk_accuracy. Everything, including the paper's
+hyper-parameters, is defined in configs/nngk.py (argument 'flowers,cls').
+model.pretrained is empty by default (random initial weights): point it at
+ImageNet weights converted for dmlx.
+"""
+import os
+import runpy
+
+
+def get_config():
+  shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "nngk.py"))
+  return shared["get_config"]("flowers,cls")

@@ -1,0 +1,215 @@
+"""Vo & Hays (2019), "Should the embedding layer be the embedding layer?".
+
+One config, argument ``variant,dataset`` (big_vision style):
+
+  python launch/train.py --config=configs/vohays.py:neta,cars \\
+      --config.data.data_dir=/data/cars196 \\
+      --config.model.pretrained=/weights/vgg16_bn_imagenet.npz \\
+      --workdir=workdirs/vohays_neta_cars
+
+Thin per-name files: ``configs/vohays_{neta,nete}_{cars,cub,sop}.py`` and the
+offline ``configs/vohays_procedural.py:neta|netd|nete|netf|...``.
+
+Variants (the loss position, Sec. 4.3; all new layers have the width of
+pool5_3, ReLU between them; ``fcN`` is the linear output, as the authors
+extract it):
+
+  neta  VGG16-BN conv → global max pool (pool5_3) → fc6 → loss   (baseline)
+  netb  neta with conv5_3 (+ its BatchNorm) re-initialised from scratch
+  netc  neta with the whole network from scratch (no pretrained weights)
+  netd  loss directly on pool5_3 (no fc layer)
+  nete  pool5_3 → fc6 → fc7 → loss
+  netf  pool5_3 → fc6 → fc7 → fc8 → loss
+  cls   neta's network trained with a classification loss instead (Sec. 4.1,
+        Fig. 3-right): a softmax classifier ("classification-output fc7",
+        the loss's own parameters) on ReLU(fc6), cross-entropy.
+
+Loss (Sec. 3.4): the mean over *all* valid triplets of the batch of the
+smooth triplet loss log(1 + exp(d(a,p) - d(a,n))), d the squared Euclidean
+distance (the paper prints d(a,n) - d(a,p), a typo: that form would push
+positives apart). This is ``triplet_all(soft=True, squared=True,
+reduction='valid')`` of ``dmlx.losses``. "We normalize the image feature to
+have unit magnitude and then scale it by 4": the *feature* is scaled by 4
+(``model.normalise=True, model.scale=4.0``), so squared distances lie in
+[0, 64]; the authors' released code does the same
+(``MyTripletLoss(normalize_scale=4.0)`` multiplies the unit vector by 4).
+Their code also *learns* that scale (initialised at 4); dmlx keeps it fixed,
+as the paper's text describes.
+
+Paper settings (Sec. 5): VGG16-BN conv layers pretrained on ImageNet, SGD
+with momentum 0.9, weight decay 5e-4, learning rate 0.01 divided by 10 during
+training (the authors' script: after 10k of the 20k iterations), batches of
+32 (the script: 16 classes × 2 images), 20k iterations on Cars-196 and
+CUB-200-2011, 200k on Stanford Online Products; random scaling (224 ×
+U(1, 1.1)), cropping and flipping in training, a centre crop at test.
+Cars / CUB train on the first 98 / 100 classes; SOP uses its own split.
+Here one dmlx "epoch" is 1000 iterations (10,000 on SOP), and every layer is
+evaluated on the training and test sets after each (the authors test every
+1000 iterations). Not reproduced: the authors' first 100 iterations train
+only the new fc layers (backbone learning rate 0), and their scale is
+learned.
+
+Pretrained weights: ``model.pretrained`` is empty here (no ImageNet weights
+on this machine). ``model.reinit_layers`` names the layers NetB puts back to
+their random initialisation *after* loading pretrained weights
+(``dmlx.models.heads.reinitialise_layers``); it only means something once
+``model.pretrained`` is set and the trainer applies it after loading. Without
+pretrained weights NetA, NetB and NetC are the same network from scratch.
+"""
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from dmlx.config import base_config
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# variant -> number of fc layers on top of pool5_3 (0: the loss on pool5_3).
+VARIANTS = {"neta": 1, "netb": 1, "netc": 1, "netd": 0, "nete": 2, "netf": 3,
+            "cls": 1}
+# NetB: "both conv5.3 and fc6 are initialized from scratch" (fc6 always is).
+REINIT = {"netb": "conv5_3,bn5_3"}
+
+# dataset -> loader name, split, zero-shot train classes, iterations,
+# iterations per dmlx epoch, Recall@k.
+DATASETS = {
+    "cars": dict(name="cars196", split="zero_shot", train_classes=98,
+                 iterations=20_000, epoch=1_000, ks=(1, 2, 4, 8, 16, 32)),
+    "cub": dict(name="cub200", split="zero_shot", train_classes=100,
+                iterations=20_000, epoch=1_000, ks=(1, 2, 4, 8, 16, 32)),
+    "sop": dict(name="sop", split="predefined", train_classes=0,
+                iterations=200_000, epoch=10_000, ks=(1, 10, 100, 1000)),
+    "procedural": {},
+}
+
+
+def eval_layers(variant: str) -> str:
+  """Layers evaluated for ``variant``: pool5_1..3, the fc stack and the
+  (normalised) embedding the loss sees (not for ``cls``: its embedding is
+  fc6 itself)."""
+  fcs = [f"fc{6 + i}" for i in range(VARIANTS[variant])]
+  last = [] if variant == "cls" else ["embedding"]
+  return ",".join(["pool5_1", "pool5_2", "pool5_3", *fcs, *last])
+
+
+def _network(c: ConfigDict, variant: str, width: int) -> None:
+  """The head and loss of ``variant`` on a VGG16-BN whose pool5_3 is
+  ``width``-d (512 in the paper)."""
+  c.model.backbone = "vgg16_bn"
+  c.model.input_layer = "pool5_3"
+  c.model.fc_layers = (width,) * VARIANTS[variant]
+  c.model.embedding_dim = 0            # the last layer is the embedding
+  c.model.dropout = 0.0
+  c.model.reinit_layers = REINIT.get(variant, "")
+  c.method.name = "loss"
+  if variant == "cls":
+    c.model.normalise = False
+    c.model.scale = 1.0
+    c.method.layer = "fc6_relu"        # classifier on ReLU(fc6)
+    c.loss.name = "softmax"
+    c.loss.kwargs = ConfigDict()
+  else:
+    c.model.normalise = True
+    c.model.scale = 4.0                # ||x|| = 4 (Sec. 3.4)
+    c.method.layer = "embedding"
+    c.loss.name = "triplet_all"
+    c.loss.kwargs = ConfigDict({"soft": True, "squared": True,
+                                "reduction": "valid"})
+  c.eval.layers = eval_layers(variant)
+  c.eval.metrics = ("recall",)
+
+
+def _optimiser(c: ConfigDict) -> None:
+  """SGD, momentum 0.9, weight decay 5e-4, lr 0.01 / 10 halfway."""
+  c.optim.name = "sgd"
+  c.optim.lr = 0.01
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = "step"
+  c.optim.decay_boundaries = (0.5,)
+  c.optim.decay_factor = 0.1
+  c.optim.backbone_lr_mult = 1.0
+  c.optim.head_lr_mult = 1.0
+  c.optim.method_lr_mult = 1.0         # cls: the classifier like any layer
+
+
+def _paper(c: ConfigDict, dataset: str) -> None:
+  p = DATASETS[dataset]
+  c.data.name = p["name"]
+  c.data.data_dir = ""                 # set on the command line
+  c.data.split = p["split"]
+  c.data.num_train_classes = p["train_classes"]
+  c.data.image_size = 240              # ≈ 224 × U(1, 1.1)
+  c.data.crop_size = 224
+  c.data.flip = True
+  c.data.mean = IMAGENET_MEAN
+  c.data.std = IMAGENET_STD
+  c.sampler.name = "pk"
+  c.sampler.classes_per_batch = 16     # 32 = 16 classes × 2 images
+  c.sampler.images_per_class = 2
+  c.model.backbone_kwargs = ConfigDict({"pooling": "max"})
+  c.model.pretrained = ""              # ImageNet VGG16-BN: see the docstring
+  c.train.steps_per_epoch = p["epoch"]
+  c.train.epochs = p["iterations"] // p["epoch"]
+  c.train.eval_every_epochs = 1 if dataset != "sop" else 2
+  c.train.log_every = 100
+  c.train.max_checkpoints = 2
+  c.eval.ks = p["ks"]
+  c.eval.batch_size = 128
+  c.eval.train_subset = 0              # the whole training set, as Fig. 2
+
+
+def _procedural(c: ConfigDict) -> None:
+  """Offline and small: 60 procedural classes (30 train, 30 unseen test) at
+  32 px, a VGG16-BN of 1/8 width (8..64 channels, so pool5_3 and every fc
+  layer are 64-d) without its first max pool (conv5 maps stay 4 × 4), from
+  scratch, 16 classes × 2 images per batch."""
+  c.data.name = "procedural"
+  c.data.split = "zero_shot"
+  c.data.train_class_fraction = 0.5
+  c.data.num_train_classes = 0
+  c.data.options.num_classes = 60
+  c.data.options.per_class = 40
+  c.data.options.seed = 0
+  c.data.image_size = 36
+  c.data.crop_size = 32
+  c.data.flip = True
+  c.data.mean = (0.45, 0.45, 0.45)
+  c.data.std = (0.3, 0.3, 0.3)
+  c.sampler.name = "pk"
+  c.sampler.classes_per_batch = 16
+  c.sampler.images_per_class = 2
+  c.model.backbone_kwargs = ConfigDict({"num_filters": 8, "small_inputs": True,
+                                        "pooling": "max"})
+  c.model.pretrained = ""
+  c.train.steps_per_epoch = 50
+  c.train.epochs = 12
+  c.train.eval_every_epochs = 1
+  c.train.log_every = 25
+  c.train.max_checkpoints = 2
+  c.eval.ks = (1, 2, 4, 8)
+  c.eval.batch_size = 256
+  c.eval.train_subset = 0              # all 1200 training images
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  """The run for ``arg = 'variant,dataset'`` (default ``'neta,procedural'``)."""
+  parts = [s.strip() for s in (arg or "neta,procedural").split(",")]
+  if len(parts) == 1:
+    parts.append("procedural")
+  if len(parts) != 2 or parts[0] not in VARIANTS or parts[1] not in DATASETS:
+    raise ValueError(f"configs/vohays.py: bad argument {arg!r}; expected "
+                     f"'variant,dataset' with variant in {sorted(VARIANTS)} and "
+                     f"dataset in {sorted(DATASETS)}.")
+  variant, dataset = parts
+  c = base_config()
+  if dataset == "procedural":
+    _procedural(c)
+    width = 8 * c.model.backbone_kwargs.num_filters
+  else:
+    _paper(c, dataset)
+    width = 512
+  _network(c, variant, width)
+  _optimiser(c)
+  return c
