@@ -1,4 +1,5 @@
-"""NNGK (Meyer et al., ICIP 2018) on scikit-learn's digits: tests and smoke runs.
+"""NNGK (Meyer et al., ICIP 2018) on scikit-learn's digits, for tests and smoke
+runs.
 
   python launch/train.py --config=configs/nngk_digits.py --workdir=/tmp/nngk
   python launch/train.py --config=configs/nngk_digits.py:cls --workdir=/tmp/c

@@ -78,7 +78,7 @@ BATCH = 48  # M·D = 12·4; the baselines use P·K = 12·4.
 
 def preset(quick: bool, epochs: int = 0) -> dict:
   """Data size and budget shared by every run."""
-  p = dict(num_classes=30, per_class=60, epochs=12, width=16, lr=3e-3,
+  p = dict(num_classes=30, per_class=60, epochs=10, width=16, lr=3e-3,
            hierarchy_K=8)
   if quick:
     p.update(num_classes=24, per_class=24, epochs=2, width=8)
@@ -269,6 +269,34 @@ def attribute_concentration(embeddings, attributes: dict, sizes,
   return out
 
 
+def cluster_purity(embeddings, labels, attributes: dict, K: int,
+                   seed: int = 0) -> dict:
+  """How much each attribute explains Magnet-style per-class K-means clusters
+  (section 3.2's index) of an embedding: the mean, over clusters, of the
+  fraction of a cluster's members sharing its most common value, next to the
+  same purity for random clusters of the same sizes (attributes permuted
+  within each class)."""
+  num_classes = int(labels.max()) + 1
+  index = magnet.build_cluster_index(embeddings, labels, num_classes, K,
+                                     seed=seed)
+  assignments = np.asarray(index.assignments)
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, values in attributes.items():
+    values = np.asarray(values)
+    shuffled = values.copy()
+    for c in range(num_classes):
+      rows = np.flatnonzero(labels == c)
+      shuffled[rows] = values[rng.permutation(rows)]
+    purity = []
+    for v in (values, shuffled):
+      per_cluster = [np.bincount(v[assignments == j]).max() /
+                     np.sum(assignments == j) for j in np.unique(assignments)]
+      purity.append(float(np.mean(per_cluster)))
+    out[name] = {"purity": purity[0], "random": purity[1]}
+  return out
+
+
 def hierarchy_recovery(train_emb, train_fine, train_coarse, test_emb,
                        test_fine, test_coarse) -> dict:
   """How well the hidden fine classes are recovered from an embedding trained
@@ -324,6 +352,11 @@ def run_classification(p: dict, root: str) -> dict:
     embeddings[method] = emb[steps[-1]]["test"]
     embeddings["attributes"] = {a: test_ds.attributes[a] for a in ATTRIBUTES}
     embeddings["labels"] = test_ds.labels
+    embeddings[method + "_train"] = emb[steps[-1]]["train"]
+    embeddings["train_attributes"] = {a: train_ds.attributes[a]
+                                      for a in ATTRIBUTES}
+    embeddings["train_labels"] = train_ds.labels
+    embeddings["K"] = int(config.method.K)
     print(f"{method}: {errors} ({final['seconds']:.0f}s)", flush=True)
   out["efficiency"] = efficiency(out["curves"])
   return out, embeddings
@@ -347,15 +380,23 @@ def efficiency(curves: dict) -> dict:
   return out
 
 
-def run_attributes(p: dict, root: str, embeddings: dict) -> dict:
-  """Attribute concentration of the final test embeddings, and of the
+def run_attributes(p: dict, root: str, embeddings: dict) -> tuple[dict, dict]:
+  """Attribute concentration of the final test embeddings and the attribute
+  purity of per-class K-means clusters of the training embeddings, with the
   untrained network for reference."""
   config = make_config("magnet", p)
   untrained = embed_checkpoints(config, os.path.join(root, "untrained"))
-  embeddings = dict(embeddings, untrained=untrained[0]["test"])
-  return {m: attribute_concentration(embeddings[m], embeddings["attributes"],
-                                     NEIGHBOURHOODS, embeddings["labels"])
-          for m in METHODS + ("untrained",)}
+  embeddings = dict(embeddings, untrained=untrained[0]["test"],
+                    untrained_train=untrained[0]["train"])
+  names = METHODS + ("untrained",)
+  concentration = {m: attribute_concentration(
+      embeddings[m], embeddings["attributes"], NEIGHBOURHOODS,
+      embeddings["labels"]) for m in names}
+  purity = {m: cluster_purity(embeddings[m + "_train"],
+                              embeddings["train_labels"],
+                              embeddings["train_attributes"], embeddings["K"])
+            for m in names}
+  return concentration, purity
 
 
 def run_hierarchy(p: dict, root: str) -> dict:
@@ -419,6 +460,12 @@ def print_tables(results: dict) -> None:
       rows["chance"] = {k: v["chance"] for k, v in first.items()}
       print(f"per attribute at n=8 ({title}):")
       print(common.table(rows))
+  if "cluster_purity" in results:
+    print("\nAttribute purity of per-class K-means clusters of the training "
+          "embeddings (random = same cluster sizes, attributes shuffled):")
+    print(common.table({m: {f"{a} {k}": v[k] for a, v in r.items()
+                            for k in ("purity", "random")}
+                        for m, r in results["cluster_purity"].items()}))
   if "hierarchy" in results:
     print("\nHierarchy recovery (trained on pairs of classes collapsed):")
     print(common.table(results["hierarchy"]))
@@ -505,7 +552,8 @@ def main(argv):
     if "classification" in parts or "attributes" in parts:
       results["classification"], embeddings = run_classification(p, root)
       if "attributes" in parts:
-        results["attributes"] = run_attributes(p, root, embeddings)
+        results["attributes"], results["cluster_purity"] = run_attributes(
+            p, root, embeddings)
     if "hierarchy" in parts:
       results["hierarchy"] = run_hierarchy(p, root)
   results["seconds"] = time.time() - t0

@@ -258,8 +258,9 @@ def ablation_table(runs: dict) -> tuple[dict, dict]:
     rows[name] = {m: _mean([r["test"]["embedding"][m] for r in seeds])
                   for m in METRICS}
     if len(seeds) > 1:
-      rows[name]["std_recall@1"] = float(
-          np.std([r["test"]["embedding"]["recall@1"] for r in seeds]))
+      r1 = [r["test"]["embedding"]["recall@1"] for r in seeds]
+      rows[name]["std_recall@1"] = float(np.std(r1))
+      rows[name].update({f"R@1 seed {i}": v for i, v in enumerate(r1)})
     if seeds[0]["concat"]:
       concat[name] = {m: _mean([r["concat"][f"concat/{m}"] for r in seeds])
                       for m in METRICS}

@@ -637,4 +637,10 @@ def test_method_evaluate_reports_densities():
   np.testing.assert_allclose(out["train_density"], ref_train.mean(),
                              rtol=1e-5)
   np.testing.assert_allclose(out["mean_target_density"], 0.3, rtol=1e-6)
+  ref_global, _ = ref_class_density(test_x, np.zeros_like(test_labels), 1)
+  np.testing.assert_allclose(out["test_global_density"], ref_global[0],
+                             rtol=1e-5)
+  np.testing.assert_allclose(out["test_relative_density"],
+                             ref_test[measured].mean() / ref_global[0],
+                             rtol=1e-5)
   assert embedded == [("embedding", 40)]

@@ -10,7 +10,8 @@ import pytest
 from dmlx import losses
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them.
+# than the programs ever run. Numerics do not depend on them. (Functions given
+# to check_grads use plain jax.jit: compiler options only work at top level.)
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -105,7 +106,7 @@ def test_normalized_softmax_matches_loops():
 def test_gradients_wrt_embeddings_and_params(name):
   x, y = _batch(3)
   params = _float64(losses.init(name, jax.random.PRNGKey(3), 4, 5))
-  f = jit(lambda x, p: losses.apply(name, x, y, params=p)[0])
+  f = jax.jit(lambda x, p: losses.apply(name, x, y, params=p)[0])
   jax.test_util.check_grads(f, (x, params), order=1, modes=["rev"])
 
 

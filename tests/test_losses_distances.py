@@ -11,7 +11,8 @@ from dmlx.losses import _common
 from dmlx.losses import _distances
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them.
+# than the programs ever run. Numerics do not depend on them. (Functions given
+# to check_grads use plain jax.jit: compiler options only work at top level.)
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -63,7 +64,7 @@ def test_pairwise_distances_gradient_matches_finite_differences():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(5, 3)))
   jax.test_util.check_grads(
-      jit(lambda x: jnp.sum(jnp.sin(_distances.pairwise_distances(x)))),
+      jax.jit(lambda x: jnp.sum(jnp.sin(_distances.pairwise_distances(x)))),
       (x,), order=1, modes=["rev"])
 
 

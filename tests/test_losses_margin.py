@@ -10,7 +10,8 @@ import pytest
 from dmlx import losses
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them.
+# than the programs ever run. Numerics do not depend on them. (Functions given
+# to check_grads use plain jax.jit: compiler options only work at top level.)
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -37,18 +38,18 @@ def _np_log_weights(d, n, cutoff, upper):
 
 
 def _ref_margin(x, y, beta, negatives, alpha, nu, per_class):
+  """Loop reference; anchor a uses its first #positives sampled negatives."""
   xn = x / np.linalg.norm(x, axis=1, keepdims=True)
   total, reg, nonzero = 0.0, 0.0, 0
   for a in range(len(y)):
     b = beta[y[a]] if per_class else beta
+    positives = [p for p in range(len(y)) if p != a and y[p] == y[a]]
     has_neg = any(y[n] != y[a] for n in range(len(y)))
-    for p in range(len(y)):
-      if p == a or y[p] != y[a]:
-        continue
+    for i, p in enumerate(positives):
       pos_l = max(0.0, alpha + np.linalg.norm(xn[a] - xn[p]) - b)
       neg_l = 0.0
       if has_neg:
-        n = negatives[a, p]
+        n = negatives[a, i]
         assert y[n] != y[a]
         neg_l = max(0.0, alpha - np.linalg.norm(xn[a] - xn[n]) + b)
       total += pos_l + neg_l
@@ -66,20 +67,27 @@ def test_log_weights_match_formula():
         _np_log_weights(d, n, 0.5, 1.4), rtol=1e-10)
 
 
-@pytest.mark.parametrize("per_class,nu", [(False, 0.0), (True, 0.1)])
-def test_margin_loss_matches_loops_given_sampled_negatives(per_class, nu):
+@pytest.mark.parametrize("per_class,nu,max_positives,width", [
+    (False, 0.0, 7, 7),     # every anchor has <= 4 positives: [B, 7] draws
+    (True, 0.1, 2, 11),     # a class of 5 overflows 2: fallback to B - 1
+    (False, 0.0, None, 11),
+])
+def test_margin_loss_matches_loops_given_sampled_negatives(
+    per_class, nu, max_positives, width):
   x, y = _batch(0)
   params = losses.init_margin_loss(4, 0.9, beta_per_class=per_class)
   params = {"beta": params["beta"].astype(jnp.float64)
             + (jnp.arange(4) * 0.1 if per_class else 0)}
   key = jax.random.PRNGKey(3)
 
-  @jax.jit
+  @jit
   def run(x, params):
     loss, aux = losses.margin_loss(x, y, params, key, alpha=0.2, nu=nu,
-                                   beta_per_class=per_class)
+                                   beta_per_class=per_class,
+                                   max_positives=max_positives)
     d = losses.pairwise_distances(losses.l2_normalize(x))
-    negatives, _ = losses.distance_weighted_sampling(key, d, y, dim=5)
+    negatives, _ = losses.distance_weighted_sampling(key, d, y, dim=5,
+                                                     num_samples=width)
     return loss, aux, negatives
 
   loss, aux, negatives = run(x, params)
@@ -93,15 +101,13 @@ def test_margin_loss_matches_loops_given_sampled_negatives(per_class, nu):
 def test_sampling_frequencies_follow_inverse_density(sampler):
   x, y = _batch(1, sizes=(3, 3, 2), d=5)
   x = x / np.linalg.norm(x, axis=1, keepdims=True)
-  d = losses.pairwise_distances(jnp.asarray(x))
-  keys = jax.random.split(jax.random.PRNGKey(0), 3000)
-  draw = jit(jax.vmap(functools.partial(
-      losses.distance_weighted_sampling, distances=d, labels=y, dim=5,
-      cutoff=0.5, nonzero_loss_cutoff=1.4, sampler=sampler)))
-  negatives, has_negative = draw(keys)
+  d = jnp.asarray(_pairwise(x))
+  negatives, has_negative = jit(functools.partial(
+      losses.distance_weighted_sampling, num_samples=4000, dim=5, cutoff=0.5,
+      nonzero_loss_cutoff=1.4, sampler=sampler))(
+          jax.random.PRNGKey(0), d, y)
   assert np.all(has_negative)
-  negatives = np.asarray(negatives)
-  dn = np.asarray(d)
+  negatives, dn = np.asarray(negatives), np.asarray(d)
   for a in range(len(y)):
     allowed = [n for n in range(len(y)) if y[n] != y[a] and dn[a, n] < 1.4]
     if allowed:
@@ -109,12 +115,14 @@ def test_sampling_frequencies_follow_inverse_density(sampler):
     else:  # documented fallback: uniform over the anchor's negatives
       allowed = [n for n in range(len(y)) if y[n] != y[a]]
       w = np.ones(len(allowed))
-    expected = w / w.sum()
-    positives = [p for p in range(len(y)) if p != a and y[p] == y[a]]
-    drawn = negatives[:, a, positives].ravel()
-    assert set(drawn) <= set(allowed)
-    freq = np.array([np.mean(drawn == n) for n in allowed])
-    np.testing.assert_allclose(freq, expected, atol=0.03)
+    assert set(negatives[a]) <= set(allowed)
+    freq = np.array([np.mean(negatives[a] == n) for n in allowed])
+    np.testing.assert_allclose(freq, w / w.sum(), atol=0.03)
+
+
+def _pairwise(x):
+  return np.sqrt(np.maximum(
+      np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1), 0))
 
 
 def test_sampling_falls_back_to_uniform_when_all_negatives_are_far():
@@ -123,11 +131,10 @@ def test_sampling_falls_back_to_uniform_when_all_negatives_are_far():
   angles = np.array([0.0, 0.05, np.pi, np.pi - 0.05])
   x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
   y = np.array([0, 0, 1, 1])
-  d = losses.pairwise_distances(jnp.asarray(x))
-  keys = jax.random.split(jax.random.PRNGKey(1), 2000)
-  negatives, _ = jit(jax.vmap(
-      lambda k: losses.distance_weighted_sampling(k, d, y, dim=2)))(keys)
-  drawn = np.asarray(negatives)[:, 0, 1]
+  negatives, _ = jit(functools.partial(
+      losses.distance_weighted_sampling, num_samples=2000, dim=2))(
+          jax.random.PRNGKey(1), jnp.asarray(_pairwise(x)), y)
+  drawn = np.asarray(negatives)[0]
   assert set(drawn) == {2, 3}
   np.testing.assert_allclose(np.mean(drawn == 2), 0.5, atol=0.05)
 
@@ -136,7 +143,7 @@ def test_margin_loss_gradients():
   x, y = _batch(2)
   key = jax.random.PRNGKey(7)
   beta = jnp.array([1.0, 1.1, 0.9, 1.2])
-  f = jit(lambda x, b: losses.margin_loss(
+  f = jax.jit(lambda x, b: losses.margin_loss(
       x, y, {"beta": b}, key, beta_per_class=True, nu=0.05, alpha=0.3)[0])
   jax.test_util.check_grads(f, (x, beta), order=1, modes=["rev"])
   g_beta = jax.grad(f, argnums=1)(x, beta)

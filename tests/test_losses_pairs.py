@@ -10,7 +10,8 @@ import pytest
 from dmlx import losses
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them.
+# than the programs ever run. Numerics do not depend on them. (Functions given
+# to check_grads use plain jax.jit: compiler options only work at top level.)
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -146,7 +147,7 @@ def test_nca_expected_accuracy_is_mean_probability():
 ])
 def test_gradients(fn, hyper):
   x, y = _batch(6)
-  f = jit(lambda x: fn(x, y, **hyper)[0])
+  f = jax.jit(lambda x: fn(x, y, **hyper)[0])
   jax.test_util.check_grads(f, (x,), order=1, modes=["rev"])
 
 

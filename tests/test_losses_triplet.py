@@ -10,7 +10,8 @@ import pytest
 from dmlx import losses
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them.
+# than the programs ever run. Numerics do not depend on them. (Functions given
+# to check_grads use plain jax.jit: compiler options only work at top level.)
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -132,17 +133,27 @@ def test_triplet_batch_hard_matches_loops(soft):
   assert aux["hardest_positive"] > 0
 
 
-def test_larger_batch_arbitrary_labels_matches_loops():
-  # 30 examples, 7 classes of random sizes (some singletons), close points so
-  # many triplets are active: exercises the sort/search paths at scale.
+@pytest.mark.parametrize("max_positives,soft",
+                         [(None, False), (2, True), (7, False), (100, True)])
+def test_positive_table_and_sorted_paths_agree_with_loops(max_positives, soft):
+  # Close points so many triplets are active. Batch 1: 30 examples in 7
+  # classes of 2..6; batch 2: 10 classes of 3. max_positives=None always
+  # sorts; 2 overflows on batch 1 (lax.cond falls back to sorting) but not on
+  # batch 2 (table); 7 uses the table on both; 100 clips to B - 1 (no cond).
   rng = np.random.default_rng(5)
-  y = rng.integers(0, 7, size=30)
-  x = rng.normal(size=(30, 3)) * 0.3
-  loss, _ = jit(losses.triplet_all)(x, y)
-  np.testing.assert_allclose(loss, _ref_all(x, y, 0.2, False, False, "active"),
-                             rtol=1e-9)
-  loss, _ = jit(losses.triplet_semihard)(x, y)
-  np.testing.assert_allclose(loss, _ref_semihard(x, y, 0.2, False), rtol=1e-9)
+  batches = [(rng.normal(size=(30, 3)) * 0.3, rng.integers(0, 7, size=30)),
+             (rng.normal(size=(30, 3)) * 0.3, np.arange(30) // 3)]
+  all_fn = jit(functools.partial(losses.triplet_all, soft=soft,
+                                 max_positives=max_positives))
+  semihard_fn = jit(functools.partial(losses.triplet_semihard, soft=soft,
+                                      max_positives=max_positives))
+  for x, y in batches:
+    loss, aux = all_fn(x, y)
+    np.testing.assert_allclose(
+        loss, _ref_all(x, y, 0.2, soft, False, "active"), rtol=1e-9)
+    loss, aux = semihard_fn(x, y)
+    np.testing.assert_allclose(loss, _ref_semihard(x, y, 0.2, soft),
+                               rtol=1e-9)
 
 
 def test_semihard_ties_use_strictly_farther_negative():
@@ -168,17 +179,21 @@ def test_semihard_falls_back_to_farthest_negative():
   np.testing.assert_allclose(aux["fraction_semihard"], 0.5)
 
 
-@pytest.mark.parametrize("fn,soft", [
-    (losses.triplet_all, False), (losses.triplet_all, True),
-    (losses.triplet_semihard, False), (losses.triplet_batch_hard, True)])
-def test_triplet_gradients(fn, soft):
+@pytest.mark.parametrize("fn,soft,max_positives", [
+    (losses.triplet_all, False, None), (losses.triplet_all, True, 7),
+    (losses.triplet_semihard, False, None), (losses.triplet_semihard, True, 7),
+    (losses.triplet_batch_hard, True, None)])
+def test_triplet_gradients(fn, soft, max_positives):
   x, y = _batch(2)
-  f = jit(lambda x: fn(x, y, margin=0.5, soft=soft)[0])
+  kwargs = {} if fn is losses.triplet_batch_hard else {
+      "max_positives": max_positives}
+  f = jax.jit(lambda x: fn(x, y, margin=0.5, soft=soft, **kwargs)[0])
   jax.test_util.check_grads(f, (x,), order=1, modes=["rev"])
 
 
-def test_gradient_of_sorted_hinge_sum_matches_cube():
-  # The prefix-sum form must give the same gradient as the explicit cube.
+@pytest.mark.parametrize("max_positives", [None, 7])
+def test_batch_all_gradient_matches_cube(max_positives):
+  # The prefix-sum (None) and table forms give the explicit cube's gradient.
   x, y = _batch(3)
 
   def cube(x):
@@ -188,12 +203,15 @@ def test_gradient_of_sorted_hinge_sum_matches_cube():
     v = jax.nn.relu(d[:, :, None] - d[:, None, :] + 0.5)
     return jnp.sum(jnp.where(valid, v, 0)) / jnp.sum(valid & (v > 0))
 
-  ours = jit(jax.grad(lambda x: losses.triplet_all(x, y, margin=0.5)[0]))
+  ours = jit(jax.grad(lambda x: losses.triplet_all(
+      x, y, margin=0.5, max_positives=max_positives)[0]))
   np.testing.assert_allclose(ours(x), jit(jax.grad(cube))(x), rtol=1e-8,
                              atol=1e-12)
 
 
-def test_reduction_is_checked():
+def test_bad_options():
   x, y = _batch(0)
   with pytest.raises(ValueError, match="reduction"):
     losses.triplet_all(x, y, reduction="sum")
+  with pytest.raises(ValueError, match="max_positives"):
+    losses.triplet_semihard(x, y, max_positives=0)

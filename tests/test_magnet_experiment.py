@@ -167,3 +167,23 @@ def test_quick_run_writes_tables_plots_and_json(tmp_path):
   assert set(result["hierarchy"]) == set(script.METHODS)
   for name in ("efficiency", "attributes", "hierarchy"):
     assert (out_dir / f"magnet_{name}_quick.png").exists()
+
+
+def test_cluster_purity_matches_loop_and_detects_split_attribute():
+  rng = np.random.default_rng(4)
+  labels = np.repeat(np.arange(3), 20)
+  background = np.tile(np.repeat(np.arange(2), 10), 3)
+  noise = rng.integers(0, 3, 60)
+  # Each class splits into two far-apart modes, one per background value.
+  x = (labels[:, None] * 50.0 + background[:, None] * np.array([[0.0, 10.0]])
+       + rng.normal(size=(60, 2)) * 0.3)
+  out = script.cluster_purity(x, labels, {"background": background,
+                                          "noise": noise}, K=2)
+  assert out["background"]["purity"] == 1.0
+  assert out["background"]["random"] < 0.9
+  from dmlx.methods import magnet  # pylint: disable=g-import-not-at-top
+  index = magnet.build_cluster_index(x, labels, 3, 2, seed=0)
+  a = np.asarray(index.assignments)
+  expected = np.mean([max(np.sum(noise[a == j] == v) for v in range(3))
+                      / np.sum(a == j) for j in np.unique(a)])
+  assert out["noise"]["purity"] == pytest.approx(expected)

@@ -21,7 +21,8 @@ STEPS = 8   # steps per epoch of the tiny run
 
 def _get_config(name: str, arg=None):
   module = runpy.run_path(os.path.join(ROOT, "configs", name))
-  return module["get_config"](arg) if arg is not None else module["get_config"]()
+  get_config = module["get_config"]
+  return get_config(arg) if arg is not None else get_config()
 
 
 def _tiny_config():

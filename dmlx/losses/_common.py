@@ -14,6 +14,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from dmlx.losses import _distances
+
 Array = jax.Array
 
 
@@ -163,3 +165,38 @@ def check_sizes(name: str, num_classes: int, dim: int):
     raise ValueError(
         f"{name}: num_classes and dim must be >= 1, got num_classes="
         f"{num_classes!r}, dim={dim!r}.")
+
+
+def check_max_positives(name: str, max_positives):
+  """Raises ValueError unless ``max_positives`` is None or an int >= 1."""
+  if max_positives is not None and (
+      isinstance(max_positives, bool) or not isinstance(max_positives, int)
+      or max_positives < 1):
+    raise ValueError(
+        f"{name}: max_positives must be None or an int >= 1, got "
+        f"{max_positives!r}.")
+
+
+def by_positive_table(pos: Array, max_positives: int | None,
+                      table_fn, exact_fn, operand):
+  """Runs ``table_fn`` on a positive table if it holds every positive.
+
+  ``table_fn(operand, index, valid)`` works on each anchor's positives
+  gathered into a ``[B, W]`` table, ``W = min(max_positives, B - 1)`` (fast
+  for P x K batches, ``O(B^2 W)``); ``exact_fn(operand)`` works for any label
+  composition. When some anchor has more than ``W`` positives,
+  ``jax.lax.cond`` switches to ``exact_fn`` at run time, so the result never
+  depends on ``max_positives``, only the speed does. ``max_positives=None``
+  always uses ``exact_fn``. Both must return the same pytree of scalars.
+  (Under ``vmap`` the ``cond`` becomes a ``select`` and both run.)
+  """
+  b = pos.shape[0]
+  if max_positives is None or b < 2:
+    return exact_fn(operand)
+  width = min(int(max_positives), b - 1)
+  index, valid = _distances.positive_table(pos, width)
+  if width == b - 1:  # the table cannot overflow
+    return table_fn(operand, index, valid)
+  overflow = jnp.any(jnp.sum(pos, axis=1) > width)
+  return jax.lax.cond(overflow, exact_fn,
+                      lambda o: table_fn(o, index, valid), operand)

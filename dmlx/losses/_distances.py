@@ -96,3 +96,29 @@ def positive_mask(labels: Array) -> Array:
 def negative_mask(labels: Array) -> Array:
   """``[B, B]`` bool, True for negative pairs: different classes."""
   return ~same_class_mask(labels)
+
+
+def positive_table(pos: Array, width: int) -> tuple[Array, Array]:
+  """Each anchor's first ``width`` positives as a ``[B, width]`` index table.
+
+  P x K batches give every anchor K - 1 positives; gathering them into a
+  small table lets losses work on ``[B, width, B]`` (anchor, positive,
+  negative) arrays instead of the ``[B, B, B]`` cube. Found with ``top_k`` on
+  the mask (linear time); an anchor with fewer than ``width`` positives gets
+  padding entries marked invalid. Anchors with *more* than ``width``
+  positives lose the rest: callers check the counts first (see
+  ``_common.by_positive_table``).
+
+  Args:
+    pos: ``[B, B]`` bool positive mask.
+    width: static table width, ``1 <= width <= B``.
+
+  Returns:
+    ``(index, valid)``: ``[B, width]`` int32 column indices into ``pos`` and
+    ``[B, width]`` bool, True where the entry is a positive.
+  """
+  # The barrier keeps XLA from constant-folding top_k (a sort) when the labels
+  # are compile-time constants, which takes minutes at B = 1024.
+  scores = jax.lax.optimization_barrier(pos.astype(jnp.float32))
+  _, index = jax.lax.top_k(scores, width)
+  return index, jnp.take_along_axis(pos, index, axis=1)

@@ -2,8 +2,8 @@
 
 Two pieces, each usable alone:
 
-* :func:`distance_weighted_sampling` draws, for every positive pair ``(a, p)``,
-  one negative ``n`` of the anchor with probability proportional to
+* :func:`distance_weighted_sampling` draws, for every anchor ``a``, negatives
+  ``n`` (one per positive pair ``(a, p)``) with probability proportional to
   ``q(D_an)^{-1}``, the inverse density of pairwise distances between points
   uniform on the unit sphere, restricted to ``cutoff <= D < nonzero_loss_cutoff``.
 * :func:`margin_loss` applies ``[alpha + y (D_ij - beta)]_+`` to the positive
@@ -77,11 +77,11 @@ def distance_weighted_log_weights(distances: Array, dim: int, *,
 
 
 def distance_weighted_sampling(rng: Array, distances: Array, labels: Array, *,
-                               dim: int, cutoff: float = 0.5,
+                               num_samples: int, dim: int, cutoff: float = 0.5,
                                nonzero_loss_cutoff: float = 1.4,
                                sampler: str = "inverse_cdf"
                                ) -> tuple[Array, Array]:
-  r"""Samples one negative per (anchor, positive) pair, weighted by 1/q(d).
+  r"""Draws ``num_samples`` negatives per anchor, weighted by 1/q(d).
 
   For anchor :math:`a`, negative :math:`n` is drawn with probability
 
@@ -90,31 +90,32 @@ def distance_weighted_sampling(rng: Array, distances: Array, labels: Array, *,
       \cdot [y_n \ne y_a] \cdot [D_{an} < \text{nonzero\_loss\_cutoff}]
 
   (Wu et al., section 4; the cap :math:`\lambda_{\max}` comes from clipping
-  :math:`d` at ``cutoff``), independently for every pair :math:`(a, \cdot)`.
-  An anchor whose negatives all lie beyond ``nonzero_loss_cutoff`` samples
-  uniformly among its negatives (the authors' code falls back to uniform
-  too); an anchor without negatives gets index 0 and ``has_negative=False``.
+  :math:`d` at ``cutoff``), independently for each of the ``num_samples``
+  draws (with replacement). An anchor whose negatives all lie beyond
+  ``nonzero_loss_cutoff`` samples uniformly among its negatives (the authors'
+  code falls back to uniform too); an anchor without negatives gets index 0
+  and ``has_negative=False``.
 
   ``sampler="inverse_cdf"`` draws by binary search in each anchor's cumulative
-  weights (``O(B^2 log B)``); ``"categorical"`` calls
-  ``jax.random.categorical``, which draws a Gumbel variate per candidate, i.e.
-  ``B^3`` variates for ``B^2`` pairs, far slower for large batches. Both draw
-  from the same distribution, not the same samples.
+  weights (``O(B log B)`` per draw); ``"categorical"`` calls
+  ``jax.random.categorical``, which draws a Gumbel variate per candidate
+  (``O(B)`` per draw, slower for large batches). Both draw from the same
+  distribution, not the same samples.
 
   Args:
     rng: PRNG key.
     distances: ``[B, B]`` distances between unit-norm embeddings (used
       without gradient).
     labels: ``[B]`` integer labels.
+    num_samples: static number of draws per anchor.
     dim: embedding dimension :math:`n` in :math:`q(d)`.
     cutoff: :math:`\lambda`, lower clip on :math:`d`.
     nonzero_loss_cutoff: negatives this far or farther are never drawn.
     sampler: ``"inverse_cdf"`` or ``"categorical"``.
 
   Returns:
-    ``(negatives, has_negative)``: ``[B, B]`` int32, the negative drawn for
-    pair ``(a, p)`` at ``[a, p]`` (meaningful where ``(a, p)`` is a positive
-    pair), and ``[B]`` bool.
+    ``(negatives, has_negative)``: ``[B, num_samples]`` int32 column indices
+    and ``[B]`` bool.
   """
   _common.check_choice("distance_weighted_sampling", "sampler", sampler,
                        _SAMPLERS)
@@ -131,17 +132,17 @@ def distance_weighted_sampling(rng: Array, distances: Array, labels: Array, *,
   if sampler == "categorical":
     logits = jnp.where(allowed, log_w, -jnp.inf)
     logits = jnp.where(has_negative[:, None], logits, 0)
-    # Draws are [p, a]: the batch shape of logits ([a]) is trailing.
-    negatives = jax.random.categorical(rng, logits, axis=-1, shape=(b, b)).T
+    # Draws come out [sample, anchor]: the batch shape of logits is trailing.
+    negatives = jax.random.categorical(rng, logits, axis=-1,
+                                       shape=(num_samples, b)).T
   else:
     shift = jnp.max(jnp.where(allowed, log_w, -jnp.inf), axis=1, keepdims=True)
     shift = jnp.where(jnp.isfinite(shift), shift, 0)
     w = jnp.exp(jnp.where(allowed, log_w - shift, -jnp.inf))
     cdf = jnp.cumsum(w, axis=1)
-    total = cdf[:, -1:]
-    u = jax.random.uniform(rng, (b, b), dtype=cdf.dtype) * total
+    u = jax.random.uniform(rng, (b, num_samples), dtype=cdf.dtype)
     negatives = jax.vmap(lambda c, q: jnp.searchsorted(c, q, side="right"))(
-        cdf, u)
+        cdf, u * cdf[:, -1:])
     # u * total can round up to total: stay on the last drawable negative.
     last = b - 1 - jnp.argmax(allowed[:, ::-1], axis=1)
     negatives = jnp.minimum(negatives, last[:, None])
@@ -153,7 +154,7 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
                 rng: Array, *, alpha: float = 0.2, beta_per_class: bool = False,
                 cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
                 nu: float = 0.0, normalize: bool = True,
-                sampler: str = "inverse_cdf"
+                sampler: str = "inverse_cdf", max_positives: int | None = 7
                 ) -> tuple[Array, dict[str, Array]]:
   r"""Margin loss on positive pairs and distance-weighted negatives.
 
@@ -164,13 +165,20 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
              {\#\{\text{nonzero } \ell\}}
 
   with :math:`y_{ij} = +1` for the positive pairs :math:`(a, p)` and
-  :math:`-1` for the sampled negative pair :math:`(a, n_{ap})`, one per
-  positive pair (:func:`distance_weighted_sampling`). As in the authors'
-  implementation the :math:`\nu`-regulariser sums :math:`\beta` over the
-  pairs and everything is divided by the number of nonzero terms (at least
-  1). Anchors without negatives keep their positive terms. Embeddings are
-  L2-normalised first (``normalize=True``): the sampling density assumes the
-  unit sphere, and :math:`\beta_0 = 1.2` is a distance on it.
+  :math:`-1` for the sampled negative pairs :math:`(a, n_{ap})`: anchor
+  :math:`a` draws as many negatives as it has positives
+  (:func:`distance_weighted_sampling`), i.e. one per positive pair. As in the
+  authors' implementation the :math:`\nu`-regulariser sums :math:`\beta`
+  over the pairs and everything is divided by the number of nonzero terms (at
+  least 1). Anchors without negatives keep their positive terms. Embeddings
+  are L2-normalised first (``normalize=True``): the sampling density assumes
+  the unit sphere, and :math:`\beta_0 = 1.2` is a distance on it.
+
+  Draws are made in a ``[B, W]`` table, ``W = max_positives``; if some
+  anchor has more positives, ``jax.lax.cond`` switches to ``W = B - 1`` at run
+  time (same distribution, ``O(B^2 log B)``). ``max_positives`` is a speed
+  knob (``K - 1`` for P x K batches); ``None`` always uses ``W = B - 1``. Draw
+  ``w`` of anchor ``a`` is used iff ``w`` < its number of positives.
 
   Args:
     embeddings: ``[batch_size, dim]`` embeddings.
@@ -186,6 +194,7 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
     nu: weight :math:`\nu` of the :math:`\beta` regulariser.
     normalize: L2-normalise the embeddings first.
     sampler: see :func:`distance_weighted_sampling`.
+    max_positives: draws per anchor in the fast path, or ``None``.
 
   Returns:
     ``(loss, aux)``: scalar loss and aux with ``fraction_active`` (nonzero
@@ -209,32 +218,53 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
   name = "margin_loss"
   embeddings, labels = _common.check_inputs(embeddings, labels, name)
   _common.check_positive(name, "cutoff", cutoff)
+  _common.check_max_positives(name, max_positives)
   if not 0 < nonzero_loss_cutoff < 2 or cutoff >= nonzero_loss_cutoff:
     raise ValueError(
         f"{name}: need 0 < cutoff < nonzero_loss_cutoff < 2, got cutoff="
         f"{cutoff!r}, nonzero_loss_cutoff={nonzero_loss_cutoff!r}.")
+  _common.check_choice(name, "sampler", sampler, _SAMPLERS)
   beta = _check_beta(name, params, beta_per_class)
   x = _distances.l2_normalize(embeddings) if normalize else embeddings
   d = _distances.pairwise_distances(x)
-  negatives, has_negative = distance_weighted_sampling(
-      rng, d, labels, dim=embeddings.shape[1], cutoff=cutoff,
-      nonzero_loss_cutoff=nonzero_loss_cutoff, sampler=sampler)
+  b = labels.shape[0]
   pos = _distances.positive_mask(labels)
-  with_neg = pos & has_negative[:, None]
+  num_pos = jnp.sum(pos, axis=1)
   beta_a = (beta[labels] if beta_per_class
-            else jnp.broadcast_to(beta, labels.shape))[:, None]
-  d_an = jnp.take_along_axis(d, negatives, axis=1)
-  pos_loss = jnp.where(pos, jax.nn.relu(alpha + d - beta_a), 0)
-  neg_loss = jnp.where(with_neg, jax.nn.relu(alpha - d_an + beta_a), 0)
-  num_nonzero = _common.count(pos_loss > 0) + _common.count(neg_loss > 0)
-  beta_reg = nu * jnp.sum(jnp.where(pos, beta_a, 0))
-  loss = _common.safe_divide(
-      jnp.sum(pos_loss) + jnp.sum(neg_loss) + beta_reg, num_nonzero)
-  num_terms = _common.count(pos) + _common.count(with_neg)
+            else jnp.broadcast_to(beta, labels.shape))
+  pos_loss = jnp.where(pos, jax.nn.relu(alpha + d - beta_a[:, None]), 0)
+
+  def negative_terms(width):
+    def terms(d):
+      negatives, has_negative = distance_weighted_sampling(
+          rng, d, labels, num_samples=width, dim=embeddings.shape[1],
+          cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
+          sampler=sampler)
+      used = ((jnp.arange(width)[None, :] < num_pos[:, None])
+              & has_negative[:, None])
+      d_an = jnp.take_along_axis(d, negatives, axis=1)
+      neg_loss = jnp.where(used, jax.nn.relu(alpha - d_an + beta_a[:, None]),
+                           0)
+      return (jnp.sum(neg_loss), _common.count(neg_loss > 0),
+              jnp.sum(jnp.where(used, d_an, 0)), _common.count(used))
+    return terms
+
+  full = negative_terms(max(b - 1, 1))
+  if max_positives is None or max_positives >= b - 1:
+    neg_total, neg_nonzero, d_an_total, num_used = full(d)
+  else:
+    neg_total, neg_nonzero, d_an_total, num_used = jax.lax.cond(
+        jnp.any(num_pos > max_positives), full,
+        negative_terms(max_positives), d)
+  num_nonzero = _common.count(pos_loss > 0) + neg_nonzero
+  beta_reg = nu * jnp.sum(num_pos * beta_a)
+  loss = _common.safe_divide(jnp.sum(pos_loss) + neg_total + beta_reg,
+                             num_nonzero)
   return loss, {
-      "fraction_active": _common.safe_divide(num_nonzero, num_terms),
+      "fraction_active": _common.safe_divide(
+          num_nonzero, _common.count(pos) + num_used),
       "beta": jnp.mean(beta),
-      "negative_distance": _common.masked_mean(d_an, with_neg),
+      "negative_distance": _common.safe_divide(d_an_total, num_used),
   }
 
 

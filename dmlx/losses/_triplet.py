@@ -7,17 +7,25 @@ pays ``softplus(D_ap - D_an) = log(1 + exp(D_ap - D_an))``.
 
 Speed. A batch of ``B`` examples has up to ``B^3`` triplets, and materialising
 the ``[B, B, B]`` cube is what makes naive implementations slow (MEASURED.md).
-Here only the soft batch-all loss touches every triplet (and does so anchor by
-anchor, in ``[B, B]`` slices). The other forms work on ``[B, B]`` arrays: each
-anchor's negative distances are sorted once (``O(B^2 log B)``), after which
+Two exact strategies avoid it:
 
-* semi-hard mining is a binary search of ``D_ap`` among the sorted ``D_an``;
-* the batch-all hinge sum ``sum_n max(0, D_ap + m - D_an)`` equals
-  ``c * (D_ap + m) - (sum of the c smallest D_an)``, where ``c`` (the number of
-  negatives closer than ``D_ap + m``) is again a binary search and the partial
-  sums are a cumulative sum over the sorted negatives.
+* *Positive table* (default, ``max_positives=7``): each anchor's positives are
+  gathered into a ``[B, W]`` table (``W = max_positives``), so batch-all and
+  semi-hard work on ``[B, W, B]`` (anchor, positive, negative) arrays:
+  ``O(B^2 W)``, about ``4/B`` of the cube for P x K batches with K = 4. It
+  holds every positive when no class has more than ``W + 1`` examples in the
+  batch; otherwise ``jax.lax.cond`` switches to the second strategy at run
+  time. For P x K batches set ``max_positives=K - 1``.
+* *Sorted negatives* (``max_positives=None``, or the fallback): each anchor's
+  negative distances are sorted once (``O(B^2 log B)``), after which semi-hard
+  mining is a binary search of ``D_ap`` among them, and the batch-all hinge sum
+  ``sum_n max(0, D_ap + m - D_an)`` equals ``c (D_ap + m) - (sum of the c
+  smallest D_an)``, with ``c`` (the negatives closer than ``D_ap + m``) again a
+  binary search and the partial sums a cumulative sum. The soft batch-all loss
+  has no such closed form; its fallback visits the cube in ``[B, B]`` slices.
 
-Both are exact for any label composition, not only P x K batches.
+Both are exact for any label composition; only the speed differs. (XLA:CPU
+sorts floats slowly, ~150 ms for ``1024 x 1024``, hence the table default.)
 """
 from __future__ import annotations
 
@@ -35,7 +43,8 @@ _SOFT_CHUNK_ELEMENTS = 1 << 22
 
 def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
                 soft: bool = False, squared: bool = False,
-                reduction: str = "active") -> tuple[Array, dict[str, Array]]:
+                reduction: str = "active", max_positives: int | None = 7
+                ) -> tuple[Array, dict[str, Array]]:
   r"""Batch-all triplet loss over every valid triplet of the batch.
 
   .. math::
@@ -47,7 +56,9 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   *active* triplets (:math:`\ell > 0`, Hermans et al.'s "BA≠0"; the default,
   and pytorch-metric-learning's ``AvgNonZeroReducer``) or all of :math:`T`
   (``reduction="valid"``). For ``soft=True`` every valid triplet counts as
-  active. Cost: ``O(B^2 log B)`` for the hinge, ``O(B^3)`` for ``soft``.
+  active. Cost: ``O(B^2 W)`` while no anchor has more than
+  ``W = max_positives`` positives; otherwise ``O(B^2 log B)`` for the hinge
+  and ``O(B^3)`` (in ``[B, B]`` slices) for ``soft``.
 
   Args:
     embeddings: ``[batch_size, dim]`` embeddings.
@@ -56,6 +67,8 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
     soft: use the soft margin :math:`\log(1 + e^x)` instead of the hinge.
     squared: use squared Euclidean distances.
     reduction: ``"active"`` or ``"valid"``: the divisor :math:`|T'|`.
+    max_positives: width of the positive table (a speed knob, see the module
+      docstring; ``K - 1`` for P x K batches), or ``None`` to always sort.
 
   Returns:
     ``(loss, aux)``: scalar loss (0 without valid triplets) and an aux dict with
@@ -78,16 +91,22 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   name = "triplet_all"
   embeddings, labels = _common.check_inputs(embeddings, labels, name)
   _common.check_choice(name, "reduction", reduction, _REDUCTIONS)
+  _common.check_max_positives(name, max_positives)
   d = _distances.pairwise_distances(embeddings, squared=squared)
   pos = _distances.positive_mask(labels)
   neg = _distances.negative_mask(labels)
   num_valid = jnp.sum(_common.count(pos, 1) * _common.count(neg, 1))
   if soft:
-    total, num_violating = _soft_all_triplets(d, pos, neg)
-    num_active = num_valid
+    exact = lambda d: _soft_all_triplets(d, pos, neg)
   else:
-    total, num_active = _hinge_all_triplets(d, pos, neg, margin)
-    num_violating = num_active
+    exact = lambda d: _hinge_all_triplets(d, pos, neg, margin)
+  table = lambda d, index, valid: _table_all_triplets(
+      d, index, valid, neg, margin, soft)
+  total, num_counted = _common.by_positive_table(pos, max_positives, table,
+                                                 exact, d)
+  # Hinge: num_counted = active triplets; soft: violated ones (all active).
+  num_active = num_valid if soft else num_counted
+  num_violating = num_counted
   divisor = num_active if reduction == "active" else num_valid
   loss = _common.safe_divide(total, divisor)
   return loss, {
@@ -97,7 +116,8 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
 
 
 def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
-                     soft: bool = False, squared: bool = False
+                     soft: bool = False, squared: bool = False,
+                     max_positives: int | None = 7
                      ) -> tuple[Array, dict[str, Array]]:
   r"""Triplet loss with FaceNet's semi-hard negatives (TF-Addons semantics).
 
@@ -113,8 +133,10 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   :math:`[D_{ap} - D_{an^*} + m]_+` (or the soft margin). Pairs whose anchor
   has no negative at all are masked out (TF-Addons would compare against 0).
 
-  Each anchor's negative distances are sorted once and :math:`n^*` is found by
-  binary search: ``O(B^2 log B)``, no ``[B, B, B]`` mask.
+  With each anchor's positives in a table (``max_positives``), :math:`n^*` is
+  a masked minimum over ``[B, W, B]``; otherwise each anchor's negative
+  distances are sorted once and :math:`n^*` is found by binary search
+  (``O(B^2 log B)``). Never a ``[B, B, B]`` mask.
 
   Args:
     embeddings: ``[batch_size, dim]`` embeddings.
@@ -122,6 +144,8 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
     margin: :math:`m`, ignored when ``soft``.
     soft: use :math:`\log(1 + e^{D_{ap} - D_{an}})` instead of the hinge.
     squared: use squared Euclidean distances.
+    max_positives: width of the positive table (a speed knob, see the module
+      docstring; ``K - 1`` for P x K batches), or ``None`` to always sort.
 
   Returns:
     ``(loss, aux)``: scalar loss and aux with ``fraction_active`` (pairs with a
@@ -142,23 +166,42 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   """
   name = "triplet_semihard"
   embeddings, labels = _common.check_inputs(embeddings, labels, name)
+  _common.check_max_positives(name, max_positives)
   d = _distances.pairwise_distances(embeddings, squared=squared)
   pos = _distances.positive_mask(labels)
   neg = _distances.negative_mask(labels)
-  order, sorted_neg, num_neg = _sort_negatives(d, neg)
-  # rank[a, p] = #negatives with D_an <= D_ap: the first one beyond D_ap.
-  rank = _row_searchsorted(sorted_neg, jax.lax.stop_gradient(d), "right")
-  found = rank < num_neg[:, None]
-  k = jnp.clip(jnp.where(found, rank, num_neg[:, None] - 1), 0, d.shape[1] - 1)
-  d_an = jnp.take_along_axis(d, jnp.take_along_axis(order, k, 1), 1)
-  valid = pos & (num_neg > 0)[:, None]
-  x = d - d_an
-  per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)
-  active = x > 0 if soft else x + margin > 0
-  loss = _common.masked_mean(per_pair, valid)
-  return loss, {
-      "fraction_active": _common.masked_mean(active, valid),
-      "fraction_semihard": _common.masked_mean(found, valid),
+  farthest_neg, has_neg = _common.masked_max(d, neg, axis=1)
+
+  def reduce(d_ap, d_an, found, pairs):
+    x = d_ap - d_an
+    per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)
+    active = x > 0 if soft else x + margin > 0
+    return (jnp.sum(jnp.where(pairs, per_pair, 0)), _common.count(pairs),
+            _common.count(pairs & active), _common.count(pairs & found))
+
+  def exact(d):
+    order, sorted_neg, num_neg = _sort_negatives(d, neg)
+    # rank[a, p] = #negatives with D_an <= D_ap: the first one beyond D_ap.
+    rank = _row_searchsorted(sorted_neg, jax.lax.stop_gradient(d), "right")
+    found = rank < num_neg[:, None]
+    k = jnp.clip(rank, 0, d.shape[1] - 1)
+    semihard = jnp.take_along_axis(d, jnp.take_along_axis(order, k, 1), 1)
+    d_an = jnp.where(found, semihard, farthest_neg[:, None])
+    return reduce(d, d_an, found, pos & has_neg[:, None])
+
+  def table(d, index, valid):
+    d_ap = jnp.take_along_axis(d, index, 1)                       # [B, W]
+    d_n = jnp.broadcast_to(d[:, None, :], index.shape + d.shape[1:])
+    beyond = neg[:, None, :] & (d_n > d_ap[:, :, None])            # [B, W, B]
+    semihard, found = _common.masked_min(d_n, beyond, axis=-1)
+    d_an = jnp.where(found, semihard, farthest_neg[:, None])
+    return reduce(d_ap, d_an, found, valid & has_neg[:, None])
+
+  total, num_pairs, num_active, num_found = _common.by_positive_table(
+      pos, max_positives, table, exact, d)
+  return _common.safe_divide(total, num_pairs), {
+      "fraction_active": _common.safe_divide(num_active, num_pairs),
+      "fraction_semihard": _common.safe_divide(num_found, num_pairs),
   }
 
 
@@ -255,6 +298,24 @@ def _hinge_all_triplets(d: Array, pos: Array, neg: Array,
   total = jnp.sum(jnp.where(pos, per_pair, 0))
   num_active = jnp.sum(jnp.where(pos, c, 0), dtype=jnp.float32)
   return total, num_active
+
+
+def _table_all_triplets(d: Array, index: Array, valid: Array, neg: Array,
+                        margin: float, soft: bool) -> tuple[Array, Array]:
+  """Batch-all sum over a ``[B, W, B]`` (anchor, positive, negative) array.
+
+  Returns the summed loss and the number of active (hinge) or violated
+  (soft) triplets.
+  """
+  d_ap = jnp.take_along_axis(d, index, 1)                          # [B, W]
+  x = d_ap[:, :, None] - d[:, None, :]                             # [B, W, B]
+  mask = valid[:, :, None] & neg[:, None, :]
+  if soft:
+    per_triplet, counted = jax.nn.softplus(x), x > 0
+  else:
+    per_triplet, counted = jax.nn.relu(x + margin), x + margin > 0
+  return (jnp.sum(jnp.where(mask, per_triplet, 0)),
+          _common.count(mask & counted))
 
 
 def _soft_all_triplets(d: Array, pos: Array, neg: Array) -> tuple[Array, Array]:

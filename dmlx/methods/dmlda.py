@@ -302,13 +302,22 @@ def evaluate_densities(ctx: HostContext, test_dataset: Any,
 
   Returns ``test_density`` and ``train_density``: the mean over classes of
   D_avg(S_c) of the L2-normalised embeddings, over all test examples and over
-  ``config.eval.train_subset`` training examples (all when 0); plus
-  ``mean_target_density`` (mean α_c) when the method learns α. A larger value
-  is a lower density (more intra-class spread).
+  ``config.eval.train_subset`` training examples (all when 0); a larger value
+  is a lower density (more intra-class spread). ``test_global_density`` is
+  D_avg of the whole test set taken as one class (the embedding's overall
+  spread) and ``test_relative_density`` their ratio, which stays comparable
+  when a regulariser shrinks or spreads the whole embedding. Plus
+  ``mean_target_density`` (mean α_c) when the method learns α.
   """
   test_labels = np.asarray(test_dataset.labels)
-  result = {"test_density": float(np.mean(original_density(
-      test_embeddings, test_labels, test_dataset.num_classes)))}
+  test_density = float(np.mean(original_density(
+      test_embeddings, test_labels, test_dataset.num_classes)))
+  global_density = float(original_density(
+      test_embeddings, np.zeros(len(test_labels), np.int64), 1)[0])
+  result = {"test_density": test_density,
+            "test_global_density": global_density,
+            "test_relative_density": test_density / max(global_density,
+                                                        1e-12)}
   train = ctx.train
   limit = int(getattr(getattr(ctx.config, "eval", None), "train_subset", 0)
               or 0)

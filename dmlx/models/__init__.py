@@ -25,6 +25,7 @@ BACKBONES = {
     "vgg16_bn": "dmlx.models.vgg:VGG16BN",
     "googlenet": "dmlx.models.inception:GoogLeNet",
     "bn_inception": "dmlx.models.inception:BNInception",
+    "alexnet": "dmlx.models.alexnet:AlexNet",
 }
 
 

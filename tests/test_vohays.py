@@ -1,0 +1,299 @@
+"""Tests for Vo & Hays (2019): the smooth all-triplet loss on features scaled
+to norm 4, the NetA/D/E/F/cls heads, layer selection and NetB's re-init."""
+from __future__ import annotations
+
+import os
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from dmlx import losses
+from dmlx import methods
+from dmlx import models
+from dmlx.methods.base import ModelInfo
+from dmlx.models import heads
+from dmlx.models import vgg
+from dmlx.train import step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALE = 4.0
+
+
+def _config(arg: str):
+  path = os.path.join(ROOT, "configs", "vohays.py")
+  return runpy.run_path(path)["get_config"](arg)
+
+
+def _smooth_kwargs():
+  return dict(_config("neta,procedural").loss.kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The loss (Sec. 3.4).
+# ---------------------------------------------------------------------------
+
+
+def _reference_loss(x: np.ndarray, labels: np.ndarray) -> float:
+  """Plain loops, as the paper writes it: features normalised to unit length
+  and scaled by 4, d = squared Euclidean distance, mean over every valid
+  triplet (a != p same class, n another class) of log(1 + exp(d_ap - d_an))."""
+  x = np.asarray(x, np.float64)
+  f = SCALE * x / np.linalg.norm(x, axis=1, keepdims=True)
+  total, count = 0.0, 0
+  for a in range(len(f)):
+    for p in range(len(f)):
+      for n in range(len(f)):
+        if a != p and labels[a] == labels[p] and labels[a] != labels[n]:
+          d_ap = np.sum((f[a] - f[p]) ** 2)
+          d_an = np.sum((f[a] - f[n]) ** 2)
+          total += np.log1p(np.exp(d_ap - d_an))
+          count += 1
+  return total / count if count else 0.0
+
+
+def _dmlx_loss(x, labels):
+  """What a Vo & Hays config trains: the head's normalise × 4, then the
+  registry loss with the config's kwargs."""
+  emb = heads.l2_normalise(x) * SCALE
+  return losses.apply("triplet_all", emb, labels, **_smooth_kwargs())[0]
+
+
+LABELS = {
+    "pk_16x2": np.repeat(np.arange(8), 2),
+    "uneven_with_singleton": np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABELS))
+def test_loss_matches_numpy_loop(name):
+  labels = LABELS[name]
+  x = np.random.default_rng(0).normal(size=(len(labels), 6)).astype(np.float32)
+  got = jax.jit(_dmlx_loss)(jnp.asarray(x), jnp.asarray(labels))
+  np.testing.assert_allclose(float(got), _reference_loss(x, labels), rtol=1e-5)
+
+
+def test_loss_gradient_matches_finite_differences_of_reference():
+  labels = LABELS["uneven_with_singleton"]
+  x = np.random.default_rng(1).normal(size=(len(labels), 5))
+  grad = np.asarray(jax.grad(_dmlx_loss)(jnp.asarray(x, jnp.float32),
+                                         jnp.asarray(labels)))
+  eps, numeric = 1e-6, np.zeros_like(x)
+  for i in range(x.shape[0]):
+    for j in range(x.shape[1]):
+      up, down = x.copy(), x.copy()
+      up[i, j] += eps
+      down[i, j] -= eps
+      numeric[i, j] = (_reference_loss(up, labels) -
+                       _reference_loss(down, labels)) / (2 * eps)
+  np.testing.assert_allclose(grad, numeric, rtol=2e-3, atol=2e-5)
+  assert np.abs(grad).max() > 1e-3  # the loss does depend on x
+
+
+def test_loss_check_grads():
+  labels = jnp.asarray(LABELS["pk_16x2"])
+  x = jax.random.normal(jax.random.PRNGKey(2), (16, 4))
+  check_grads(lambda v: _dmlx_loss(v, labels), (x,), order=1, modes=("rev",),
+              atol=2e-2, rtol=2e-2)
+
+
+def test_loss_orientation_pulls_positives_together():
+  """d(a,p) - d(a,n), not the paper's printed d(a,n) - d(a,p): separated
+  classes cost less than log 2, swapped ones more."""
+  labels = jnp.array([0, 0, 1, 1])
+  good = jnp.array([[1., 0.], [1., 0.1], [-1., 0.], [-1., 0.1]])
+  bad = good[jnp.array([0, 2, 1, 3])]
+  assert float(_dmlx_loss(good, labels)) < np.log(2) < float(
+      _dmlx_loss(bad, labels))
+  # Fully separated unit vectors scaled by 4: d_an = 64, loss ≈ exp(-64).
+  far = jnp.array([[1., 0.], [1., 0.], [-1., 0.], [-1., 0.]])
+  assert float(_dmlx_loss(far, labels)) < 1e-20
+
+
+def test_features_are_scaled_by_4_not_the_distances():
+  """model.scale = 4 gives ||x|| = 4: squared distances 16× those of unit
+  vectors (range [0, 64]), as the authors' MyTripletLoss(normalize_scale=4)."""
+  c = _config("neta,procedural")
+  assert c.model.normalise and c.model.scale == SCALE
+  x = jax.random.normal(jax.random.PRNGKey(3), (5, 7))
+  emb = heads.l2_normalise(x) * c.model.scale
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), SCALE, rtol=1e-6)
+  d = losses.pairwise_distances(emb, squared=True)
+  u = heads.l2_normalise(x)
+  np.testing.assert_allclose(d, 16 * losses.pairwise_distances(u, squared=True),
+                             rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Networks and layer selection.
+# ---------------------------------------------------------------------------
+
+
+def _tiny_config(variant: str):
+  c = _config(f"{variant},procedural")
+  c.model.backbone_kwargs.num_filters = 2       # 2..16 channels
+  c.model.fc_layers = (6,) * len(c.model.fc_layers)
+  return c
+
+
+def _images(n: int, size: int = 36, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3),
+                                              dtype=np.uint8)
+
+
+def _init(model, size=32, seed=0):
+  return model.init(jax.random.PRNGKey(seed), jnp.zeros((2, size, size, 3)))
+
+
+def test_layer_selection_equals_network_applied_by_hand():
+  """The 'pool5_3', 'fc6', 'fc7' and 'embedding' features of NetE equal the
+  last conv block, global max pooling, the Dense layers (ReLU between) and
+  the norm-4 scaling computed by hand from the parameters."""
+  c = _tiny_config("nete")
+  model = models.build_model(c.model)
+  variables = _init(model)
+  # Non-trivial BatchNorm running statistics.
+  key = iter(jax.random.split(jax.random.PRNGKey(4), 64))
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, v: (v + 0.1 * jax.random.normal(next(key), v.shape)
+                       if path[-1].key == "mean" else
+                       v + jax.random.uniform(next(key), v.shape)),
+      variables["batch_stats"])
+  variables = {**variables, "batch_stats": stats}
+  images = _images(3)
+  layers = ("conv5_2", "pool5_3", "fc6", "fc7", "embedding")
+  feats = step_lib.make_feature_fn(model, c.data, layers)(variables, images)
+
+  p, s = variables["params"], variables["batch_stats"]
+  x = np.asarray(step_lib.make_feature_fn(model, c.data, ("conv5_2",))(
+      variables, images)["conv5_2"])
+  # conv5_2 itself was pooled by the feature fn; take the map from the model.
+  from dmlx.data import augment  # pylint: disable=g-import-not-at-top
+  pre = augment.preprocess(jnp.asarray(images), None, crop_size=c.data.crop_size,
+                           flip=False, mean=c.data.mean, std=c.data.std,
+                           train=False)
+  conv5_2 = np.asarray(model.apply(variables, pre)["conv5_2"], np.float64)
+  np.testing.assert_allclose(x, conv5_2.max(axis=(1, 2)), rtol=1e-6)
+  # conv5_3 by hand: 3×3 conv (padding 1) + bias, BatchNorm (running stats),
+  # ReLU, then global max pooling = pool5_3.
+  k = np.asarray(p["backbone"]["conv5_3"]["kernel"], np.float64)
+  b = np.asarray(p["backbone"]["conv5_3"]["bias"], np.float64)
+  padded = np.pad(conv5_2, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = conv5_2.shape[1:3]
+  out = np.zeros(conv5_2.shape[:3] + (k.shape[-1],))
+  for i in range(h):
+    for j in range(w):
+      patch = padded[:, i:i + 3, j:j + 3, :]
+      out[:, i, j] = np.einsum("bxyc,xyco->bo", patch, k) + b
+  bn_p, bn_s = p["backbone"]["bn5_3"], s["backbone"]["bn5_3"]
+  out = ((out - np.asarray(bn_s["mean"])) /
+         np.sqrt(np.asarray(bn_s["var"]) + 1e-5) * np.asarray(bn_p["scale"]) +
+         np.asarray(bn_p["bias"]))
+  pool5_3 = np.maximum(out, 0).max(axis=(1, 2))
+  assert np.count_nonzero(pool5_3) > pool5_3.size // 4   # not all ReLU'd away
+  np.testing.assert_allclose(feats["pool5_3"], pool5_3, rtol=1e-4, atol=1e-5)
+
+  fc6 = pool5_3 @ np.asarray(p["fc6"]["kernel"]) + np.asarray(p["fc6"]["bias"])
+  np.testing.assert_allclose(feats["fc6"], fc6, rtol=1e-4, atol=1e-5)
+  fc7 = np.maximum(fc6, 0) @ np.asarray(p["fc7"]["kernel"]) + np.asarray(
+      p["fc7"]["bias"])
+  np.testing.assert_allclose(feats["fc7"], fc7, rtol=1e-4, atol=1e-5)
+  assert np.abs(fc7).min() > 0
+  emb = SCALE * fc7 / np.linalg.norm(fc7, axis=1, keepdims=True)
+  np.testing.assert_allclose(feats["embedding"], emb, rtol=1e-4, atol=1e-5)
+  assert "embedding" not in p and "fc8" not in p   # embedding_dim = 0
+
+
+@pytest.mark.parametrize("variant,fcs", [("netd", ()), ("neta", ("fc6",)),
+                                         ("nete", ("fc6", "fc7")),
+                                         ("netf", ("fc6", "fc7", "fc8"))])
+def test_loss_position_per_variant(variant, fcs):
+  """The embedding (the loss's input) is norm-4 scaling of pool5_3 (NetD) or
+  of the last fc layer, and the head has exactly those fc layers."""
+  c = _tiny_config(variant)
+  model = models.build_model(c.model)
+  variables = _init(model)
+  head_params = sorted(k for k in variables["params"] if k != "backbone")
+  assert head_params == sorted(fcs)
+  out = model.apply(variables, jnp.asarray(_images(2, 32), jnp.float32) / 255.)
+  last = out[fcs[-1]] if fcs else out["pool5_3"]
+  np.testing.assert_allclose(out["embedding"], heads.l2_normalise(last) * SCALE,
+                             rtol=1e-5, atol=1e-6)
+  assert c.method.layer == "embedding"
+  assert c.loss.name == "triplet_all"
+
+
+def test_classification_variant_is_softmax_on_relu_fc6():
+  """cls: the softmax loss's classifier (the "classification-output fc7")
+  sits on ReLU(fc6)."""
+  c = _tiny_config("cls")
+  model = models.build_model(c.model)
+  variables = _init(model)
+  out = model.apply(variables, jnp.asarray(_images(4, 32), jnp.float32) / 255.)
+  method = methods.make(c)
+  info = ModelInfo(num_classes=5, num_train=10, embedding_dim=6,
+                   feature_dims={k: int(v.shape[-1]) for k, v in out.items()})
+  params = method.init_params(jax.random.PRNGKey(0), info)
+  labels = jnp.array([0, 1, 4, 4])
+  loss, _ = method.loss(params, out, {"labels": labels}, None,
+                        jax.random.PRNGKey(1))
+  logits = np.maximum(np.asarray(out["fc6"]), 0) @ np.asarray(
+      params["kernel"]) + np.asarray(params["bias"])
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  np.testing.assert_allclose(float(loss), -logp[np.arange(4), labels].mean(),
+                             rtol=1e-5)
+  assert params["kernel"].shape == (6, 5)
+
+
+def test_config_arguments():
+  for arg in ("neta,cars", "nete,cub", "netd,sop", "netf,procedural", "netb"):
+    c = _config(arg)
+    assert c.model.backbone == "vgg16_bn"
+  c = _config("nete,sop")
+  assert c.train.epochs * c.train.steps_per_epoch == 200_000
+  c = _config("neta,cars")
+  assert c.train.epochs * c.train.steps_per_epoch == 20_000
+  assert (c.optim.name, c.optim.lr, c.optim.momentum, c.optim.weight_decay) == (
+      "sgd", 0.01, 0.9, 5e-4)
+  assert c.sampler.classes_per_batch * c.sampler.images_per_class == 32
+  assert c.model.fc_layers == (512,)
+  with pytest.raises(ValueError, match="netz"):
+    _config("netz,cars")
+  with pytest.raises(ValueError, match="mnist"):
+    _config("neta,mnist")
+
+
+# ---------------------------------------------------------------------------
+# NetB: re-initialising pretrained layers.
+# ---------------------------------------------------------------------------
+
+
+def test_reinitialise_layers():
+  model = models.build_model(_tiny_config("neta").model)
+  pretrained = _init(model, seed=0)
+  pretrained = {**pretrained, "batch_stats": jax.tree_util.tree_map(
+      lambda v: v + 1.0, pretrained["batch_stats"])}   # "trained" statistics
+  fresh = _init(model, seed=1)
+  merged = heads.reinitialise_layers(pretrained, fresh, "conv5_3,bn5_3,fc6")
+  for col, layer in [("params", "conv5_3"), ("params", "bn5_3"),
+                     ("batch_stats", "bn5_3")]:
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           merged[col]["backbone"][layer],
+                           fresh[col]["backbone"][layer])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, merged["params"]["fc6"],
+                         fresh["params"]["fc6"])
+  for col, layer in [("params", "conv5_2"), ("batch_stats", "bn5_2"),
+                     ("params", "conv1_1")]:
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           merged[col]["backbone"][layer],
+                           pretrained[col]["backbone"][layer])
+  # The fresh and pretrained conv5_3 really differ (the test can fail).
+  assert not np.allclose(pretrained["params"]["backbone"]["conv5_3"]["kernel"],
+                         merged["params"]["backbone"]["conv5_3"]["kernel"])
+  with pytest.raises(ValueError, match="conv6_1"):
+    heads.reinitialise_layers(pretrained, fresh, ("conv6_1",))
+  assert _config("netb").model.reinit_layers == "conv5_3,bn5_3"
+  assert set(vgg.TORCHVISION_VGG16_BN_INDEX) >= {"conv5_3", "bn5_3"}
