@@ -31,7 +31,8 @@ loaders store that split). Original densities D⁽⁰⁾ are measured on the
 1,024-d global-pooled GoogLeNet features (the paper's ``pool5/7x7_s1``).
 
 ``model.pretrained`` is left empty: set it to the ImageNet GoogLeNet weights
-converted for dmlx (a path read by ``dmlx.models.pretrained.load_into``).
+converted for dmlx by ``launch/convert_weights.py`` (read by
+``dmlx.models.pretrained.load_into``).
 Without it the backbone starts from random weights, which neither the paper
 nor its numbers assume. ``model.backbone='bn_inception'`` swaps in the
 BN-Inception backbone most later DML papers use. Data are read from

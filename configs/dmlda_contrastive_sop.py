@@ -1,4 +1,4 @@
-"""DML-DA with the contrastive loss (DML-DA_con) on Stanford Online Products, the paper's settings.
+"""DML-DA with the contrastive loss (DML-DA_con) on Stanford Online Products.
 
 The paper's settings (Sec. IV-A); see configs/dmlda.py.
 

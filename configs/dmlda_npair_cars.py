@@ -1,4 +1,4 @@
-"""DML-DA with the N-pair loss (DML-DA_np) on Cars196, the paper's settings.
+"""DML-DA with the N-pair loss (DML-DA_np) on Cars196.
 
 The paper's settings (Sec. IV-A); see configs/dmlda.py.
 

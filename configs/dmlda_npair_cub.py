@@ -1,4 +1,4 @@
-"""DML-DA with the N-pair loss (DML-DA_np) on CUB-200-2011, the paper's settings.
+"""DML-DA with the N-pair loss (DML-DA_np) on CUB-200-2011.
 
 The paper's settings (Sec. IV-A); see configs/dmlda.py.
 

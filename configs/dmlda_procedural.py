@@ -6,6 +6,10 @@
 The optional argument is '<loss>[,<regularizer>]' (default 'contrastive',
 DML-DA with the paper's contrastive loss); everything is defined in
 configs/dmlda.py with dataset 'procedural'.
+
+λ is the paper's 10. At this scale that is far too strong for the
+pair-averaged contrastive loss: the run ends no better than the untrained
+network; λ <= 0.1 is neutral (docs/results_dmlda.md, --config.method.lam=0.1).
 """
 import os
 import runpy

@@ -1,4 +1,4 @@
-"""DML-DA with the triplet loss (DML-DA_tri) on CUB-200-2011, the paper's settings.
+"""DML-DA with the triplet loss (DML-DA_tri) on CUB-200-2011.
 
 The paper's settings (Sec. IV-A); see configs/dmlda.py.
 

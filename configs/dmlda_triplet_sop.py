@@ -1,4 +1,4 @@
-"""DML-DA with the triplet loss (DML-DA_tri) on Stanford Online Products, the paper's settings.
+"""DML-DA with the triplet loss (DML-DA_tri) on Stanford Online Products.
 
 The paper's settings (Sec. IV-A); see configs/dmlda.py.
 

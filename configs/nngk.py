@@ -15,7 +15,7 @@ The argument is ``dataset[,cls][,dims]``:
 
   python launch/train.py --config=configs/nngk.py:cub \\
       --config.data.data_dir=/path/to/CUB_200_2011 \\
-      --config.model.pretrained=/path/to/googlenet_imagenet.npz
+      --config.model.pretrained=weights/googlenet_imagenet.msgpack
   python launch/train.py --config=configs/nngk.py:cub,cls \\
       --config.data.data_dir=/path/to/CUB_200_2011
   python launch/train.py --config=configs/nngk.py:cars,512 \\
@@ -37,18 +37,20 @@ batch, update interval and learning rate; the final ResNet pooling layer
 (2048-d) followed by dropout is the embedding (the paper's VGG16 FC7 needs the
 ImageNet fully connected layers, which dmlx's conv-only VGG does not carry);
 Birds200 and Cars196 images are cropped to their bounding boxes; σ "around
-100" is the paper's value for 4096-d VGG16 FC7, for 2048-d ResNet-50 pooled
-features we start at σ = 10 (their nearest-neighbour distances are ~10-20;
-each bank refresh logs the mean squared distance to the nearest centre and its
-kernel value, Fig. 4b/c, to check the choice). Not stated in the paper and
-chosen here: SGD momentum 0.9, the number of epochs (50 metric learning, 30
-classification), dropout 0.5, and Leafsnap's 50 / 50 train / test split (the
+100" is the paper's value for 4096-d VGG16 FC7; for 2048-d ResNet-50 pooled
+features σ = 10 is an unmeasured starting point: every bank refresh logs the
+mean squared distance to the nearest centre and its kernel value (Fig. 4b/c),
+and σ should be tuned on validation data (Section 3.2 picks it by validation
+loss). Not stated in the paper and chosen here: SGD momentum 0.9, the number
+of epochs (50 metric learning, 30 classification), dropout 0.5, weight decay
+2e-4 for classification too, and Leafsnap's 50 / 50 train / test split (the
 paper's 50 / 20 / 30 train / val / test; dmlx's classification split has no
 image-level validation part).
 
 ``model.pretrained`` is left empty: set it to ImageNet weights converted for
-dmlx (``launch/convert_weights.py``; read by
-``dmlx.models.pretrained.load_into``). Without them the backbone starts from
+dmlx (``python launch/convert_weights.py --arch=googlenet`` (or ``resnet50``)
+``--src=<torchvision .pth> --dst=weights/googlenet_imagenet.msgpack``; see
+docs/pretrained.md). Without them the backbone starts from
 random weights, which the paper never does (Table 5: random initial weights
 give 1.35% Birds200 accuracy before training). CUB / Cars: the zero-shot split
 trains on the first 100 / 98 classes; the classification runs use the official
@@ -66,6 +68,7 @@ from dmlx.config import base_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GOOGLENET_MEAN_STD = (0.5, 0.5, 0.5)
 
 # Section 3.1: "values between 10 and 30 work well", growing with dimension.
 SIGMA_BY_DIM = {64: 10.0, 128: 12.0, 256: 15.0, 512: 20.0, 1024: 30.0}
@@ -149,6 +152,10 @@ def _paper(c: ConfigDict, dataset: str, classification: bool,
     c.data.num_train_classes = p["train_classes"]
     c.model.backbone = "googlenet"
     c.model.backbone_kwargs = ConfigDict({"pooling": "avg"})
+    # torchvision's GoogLeNet weights expect (x - 0.5) / 0.5, not ImageNet
+    # statistics (dmlx.models.pretrained.PREPROCESSING['googlenet']).
+    c.data.mean = GOOGLENET_MEAN_STD
+    c.data.std = GOOGLENET_MEAN_STD
     c.model.embedding_dim = dims
     c.model.dropout = 0.0
     method(c, sigma=SIGMA_BY_DIM[dims])

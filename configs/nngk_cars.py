@@ -3,7 +3,7 @@ Section 3.1, Table 1).
 
   python launch/train.py --config=configs/nngk_cars.py \\
       --config.data.data_dir=/path/to/cars196 \\
-      --config.model.pretrained=/path/to/imagenet_weights.npz
+      --config.model.pretrained=weights/googlenet_imagenet.msgpack
 
 The first 98 classes train, the other 98 (never seen in training) test:
 Recall@1/2/4/8, NMI and MAP@R. Everything, including the paper's hyper-

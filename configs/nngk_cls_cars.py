@@ -3,7 +3,7 @@ Table 4).
 
   python launch/train.py --config=configs/nngk_cls_cars.py \\
       --config.data.data_dir=/path/to/cars196 \\
-      --config.model.pretrained=/path/to/imagenet_weights.npz
+      --config.model.pretrained=weights/resnet50_imagenet.msgpack
 
 The official train / test lists, images cropped to their bounding boxes; the
 test accuracy of the eq. 3 classifier is printed as nngk_accuracy. Everything,

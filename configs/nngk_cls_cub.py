@@ -3,7 +3,7 @@ Table 3).
 
   python launch/train.py --config=configs/nngk_cls_cub.py \\
       --config.data.data_dir=/path/to/CUB_200_2011 \\
-      --config.model.pretrained=/path/to/imagenet_weights.npz
+      --config.model.pretrained=weights/resnet50_imagenet.msgpack
 
 The official train / test lists, images cropped to their bounding boxes; the
 test accuracy of the eq. 3 classifier is printed as nngk_accuracy. Everything,

@@ -3,7 +3,7 @@ Section 3.2, Table 4).
 
   python launch/train.py --config=configs/nngk_cls_flowers.py \\
       --config.data.data_dir=/path/to/flowers102 \\
-      --config.model.pretrained=/path/to/imagenet_weights.npz
+      --config.model.pretrained=weights/resnet50_imagenet.msgpack
 
 The official train and test sets (setid.mat); the test accuracy of the eq. 3
 classifier is printed as nngk_accuracy. Everything, including the paper's

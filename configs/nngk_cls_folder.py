@@ -3,7 +3,7 @@
 
   python launch/train.py --config=configs/nngk_cls_folder.py \\
       --config.data.data_dir=/path/to/leafsnap_field \\
-      --config.model.pretrained=/path/to/imagenet_weights.npz
+      --config.model.pretrained=weights/resnet50_imagenet.msgpack
 
 Images in <data_dir>/<class>/ (data.name = 'folder'); half of each class's
 images train, the rest test; the test accuracy of the eq. 3 classifier is

@@ -3,7 +3,7 @@ Section 3.1, Table 2).
 
   python launch/train.py --config=configs/nngk_cub.py \\
       --config.data.data_dir=/path/to/CUB_200_2011 \\
-      --config.model.pretrained=/path/to/imagenet_weights.npz
+      --config.model.pretrained=weights/googlenet_imagenet.msgpack
 
 The first 100 classes train, the other 100 (never seen in training) test:
 Recall@1/2/4/8, NMI and MAP@R. Everything, including the paper's hyper-

@@ -15,10 +15,10 @@ and reports test Recall@1/2/4/8 and NMI, training-set Recall@1, the
 train − test Recall@1 gap, and the mean class density (eq. 5) of the final
 embeddings on the test and training classes (and, relative to the spread
 of the whole test embedding, ``relative density``). Then a λ sweep of DML-DA
-for one base loss (Fig. 6). A few seeds of the plain contrastive loss measure the
-run-to-run spread that every difference must be read against.
+for one base loss (Fig. 6). A few seeds of the plain contrastive loss measure
+the run-to-run spread that every difference must be read against.
 
-  python experiments/dmlda.py            # full (≈ 15 min on 2 busy cores)
+  python experiments/dmlda.py            # full (10-15 min on 2 busy cores)
   python experiments/dmlda.py --quick    # smoke version (1-2 min)
 
 Writes ``experiments/results/dmlda[_quick].json`` and ``.png``.
@@ -94,13 +94,15 @@ def plot(results: dict, path: str) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   metrics = ("R@1", "NMI", "gap R@1", "relative density")
-  fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.4))
+  fig, axes = plt.subplots(1, len(metrics) + 1,
+                           figsize=(4 * (len(metrics) + 1), 3.4))
   losses = list(results["table"])
   variants = list(VARIANTS)
   width = 0.8 / len(variants)
   for ax, metric in zip(axes, metrics):
     for j, v in enumerate(variants):
-      values = [results["table"][l].get(v, {}).get(metric, np.nan) for l in losses]
+      values = [results["table"][l].get(v, {}).get(metric, np.nan)
+                for l in losses]
       ax.bar(np.arange(len(losses)) + j * width, values, width, label=v)
     ax.set_xticks(np.arange(len(losses)) + 0.4 - width / 2, losses)
     ax.set_title(f"{metric} (λ={results['lam']:g})")

@@ -49,6 +49,8 @@ flags.DEFINE_bool("quick", False, "Smoke version: 3 epochs, fewer classes, "
                   "one seed.")
 flags.DEFINE_integer("seeds", 1, "Seeds per configuration (full version; "
                      "each seed is 6 more runs, ~4 CPU-minutes).")
+flags.DEFINE_integer("first_seed", 0, "Seeds are first_seed, first_seed + 1, "
+                     "...")
 flags.DEFINE_integer("epochs", 0, "Epochs per run (0: the config's).")
 flags.DEFINE_string("workdir", "/tmp/dmlx_nngk_experiment", "Where runs go.")
 flags.DEFINE_string("out", os.path.join(common.ROOT, "experiments", "results"),
@@ -248,7 +250,8 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv):
   del argv
-  seeds = range(1 if FLAGS.quick else FLAGS.seeds)
+  seeds = range(FLAGS.first_seed,
+                FLAGS.first_seed + (1 if FLAGS.quick else FLAGS.seeds))
   results: dict = {"cls": {}, "zsl": {}}
   t0 = time.time()
   for seed in seeds:
@@ -264,7 +267,8 @@ def main(argv):
   suffix = "_quick" if FLAGS.quick else ""
   os.makedirs(FLAGS.out, exist_ok=True)
   common.save_json({"results": results, "tables": text,
-                    "seeds": len(seeds), "quick": FLAGS.quick,
+                    "seeds": len(seeds), "first_seed": FLAGS.first_seed,
+                    "quick": FLAGS.quick,
                     "wall_seconds": time.time() - t0},
                    os.path.join(FLAGS.out, f"nngk{suffix}.json"))
   plot(results, os.path.join(FLAGS.out, f"nngk{suffix}.png"))

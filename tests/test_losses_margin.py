@@ -70,7 +70,6 @@ def test_log_weights_match_formula():
 @pytest.mark.parametrize("per_class,nu,max_positives,width", [
     (False, 0.0, 7, 7),     # every anchor has <= 4 positives: [B, 7] draws
     (True, 0.1, 2, 11),     # a class of 5 overflows 2: fallback to B - 1
-    (False, 0.0, None, 11),
 ])
 def test_margin_loss_matches_loops_given_sampled_negatives(
     per_class, nu, max_positives, width):

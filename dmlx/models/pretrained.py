@@ -268,9 +268,11 @@ def assign(record: Record, params: Mapping, batch_stats: Mapping,
       if items:
         lines.append(f"  {len(items)} {title}: {_cap(items)}")
     lines.append(
-        "  Check model.backbone and model.backbone_kwargs against the file "
-        f"(converted with backbone_kwargs={record.get('backbone_kwargs')}); "
-        "width multipliers must be 1 and small_inputs off for a ResNet.")
+        "  Build the backbone as the file was: model.backbone and "
+        "model.backbone_kwargs (the file was converted with backbone_kwargs="
+        f"{record.get('backbone_kwargs')}); ImageNet weights need full "
+        "widths, and a ResNet's small_inputs stem (3x3 conv1) cannot take "
+        "them.")
     raise ValueError("\n".join(lines))
   out = {k: jnp.asarray(np.asarray(have[k]), dtype=want[k].dtype)
          for k in want}
@@ -426,7 +428,7 @@ def _leaf(arch: str, module: str, leaf: str, value: np.ndarray, is_bn: bool):
     if family(arch) == "alexnet" and module == "classifier.1":
       # torch flattens pool5 as [C, 6, 6], dmlx as [6, 6, C].
       out, c = value.shape[0], value.shape[1] // 36
-      value = value.reshape(out, c, 6, 6).transpose(0, 2, 3, 1).reshape(
+      value = value.reshape(out, c, 6, 6).transpose(0, 1, 2, 3).reshape(
           out, -1)
     return ("params", "kernel"), value.T
   return None

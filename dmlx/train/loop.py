@@ -203,8 +203,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                       f"{config.train.epochs}", leave=False, dynamic_ncols=True)
     t_epoch, losses = time.time(), []
     for s in range(first, steps_per_epoch):
-      index = sampler.batch(epoch, s % sampler.steps_per_epoch, state.method_state
-                            if method.make_sampler else None)
+      # The sampler's own epoch may be shorter or longer than the trainer's
+      # (train.steps_per_epoch): address its batches by the global step.
+      g = epoch * steps_per_epoch + s
+      index = sampler.batch(g // sampler.steps_per_epoch, g % sampler.steps_per_epoch,
+                            state.method_state if method.make_sampler else None)
       host_batch = {"images": train_ds.images[index], "labels": train_ds.labels[index],
                     "index": index.astype(np.int32)}
       state, scalars, arrays = train_step(state, step_lib.shard_batch(mesh, host_batch))
