@@ -10,6 +10,9 @@ XLA's ``--xla_cpu_multi_thread_eigen=false``); with more threads
 ``OMP_WAIT_POLICY=PASSIVE`` is set for torch. Results print as a table and go
 to ``benchmarks/results/losses.json``.
 
+``ratio`` is PML time / dmlx time (wall-clock medians); ``cpu ratio`` the same
+for process CPU time, which a busy shared machine disturbs less.
+
 Where the PML loss computes the same function (``same_form`` in the table), the
 two loss values are compared too; elsewhere PML mines or reduces differently
 (noted per row) and only the time is comparable.
@@ -48,6 +51,9 @@ def _parse_args(argv):
                       help="threads for torch and XLA (1 = single-threaded)")
   parser.add_argument("--no-pml", action="store_true",
                       help="do not time pytorch-metric-learning")
+  parser.add_argument("--no-variants", action="store_true",
+                      help="skip the max_positives=K-1 / None rows of "
+                      "triplet_all, triplet_semihard and margin")
   parser.add_argument("--cube-max-batch", type=int, default=512,
                       help="also time the naive [B, B, B] batch-all triplet "
                       "loss up to this batch size (0 disables)")
@@ -95,22 +101,28 @@ def _time(fn, repeats: int) -> tuple[float, float, float]:
 # ----------------------------------------------------------------- dmlx side
 
 
-def _jax_runner(name, x, labels, num_classes):
+def _jax_runner(name, x, labels, num_classes, hyper):
+  """Jitted value_and_grad w.r.t. embeddings and loss parameters.
+
+  Labels are an argument, as in a training step: closed over, they would be
+  compile-time constants that XLA tries to fold.
+  """
   import jax
   from dmlx import losses
 
   params = losses.init(name, jax.random.PRNGKey(0), num_classes, x.shape[1])
-  rng = jax.random.PRNGKey(1)
 
   @jax.jit
-  def step(x, params):
+  def step(x, labels, params, rng):
     return jax.value_and_grad(
-        lambda x, p: losses.apply(name, x, labels, params=p, rng=rng)[0],
+        lambda x, p: losses.apply(name, x, labels, params=p, rng=rng,
+                                  **hyper)[0],
         argnums=(0, 1))(x, params)
 
-  x = jax.device_put(x)
-  run = lambda: jax.block_until_ready(step(x, params))
-  return run, lambda: float(step(x, params)[0]), params
+  args = (jax.device_put(x), jax.device_put(labels), params,
+          jax.random.PRNGKey(1))
+  run = lambda: jax.block_until_ready(step(*args))
+  return run, lambda: float(step(*args)[0]), params
 
 
 def _jax_cube_runner(x, labels, margin=0.2):
@@ -119,7 +131,7 @@ def _jax_cube_runner(x, labels, margin=0.2):
   import jax.numpy as jnp
   from dmlx import losses
 
-  def loss(x):
+  def loss(x, labels):
     d = losses.pairwise_distances(x)
     pos, neg = losses.positive_mask(labels), losses.negative_mask(labels)
     valid = pos[:, :, None] & neg[:, None, :]
@@ -128,11 +140,16 @@ def _jax_cube_runner(x, labels, margin=0.2):
     return jnp.sum(v) / jnp.maximum(jnp.sum(v > 0), 1)
 
   step = jax.jit(jax.value_and_grad(loss))
-  x = jax.device_put(x)
-  return (lambda: jax.block_until_ready(step(x))), (lambda: float(step(x)[0]))
+  x, labels = jax.device_put(x), jax.device_put(labels)
+  return ((lambda: jax.block_until_ready(step(x, labels))),
+          (lambda: float(step(x, labels)[0])))
 
 
 # ------------------------------------------------------------------ PML side
+
+# Losses with a max_positives speed knob (default 7): also timed at K - 1
+# (the P x K table) and None (sorted / B - 1 fallback).
+_VARIANTS = ("triplet_all", "triplet_semihard", "margin")
 
 # name -> (same_form, note)
 _PML_NOTES = {
@@ -246,21 +263,28 @@ def main(argv=None):
             for d in args.dims.split(",")]
 
   rows = []
-  header = (f"{'loss':28s} {'B':>5s} {'D':>4s} {'dmlx ms':>9s} "
-            f"{'PML ms':>9s} {'PML/dmlx':>8s} {'same':>4s} {'|diff|':>8s}  "
-            "note")
+  header = (f"{'loss':36s} {'B':>5s} {'D':>4s} {'dmlx ms':>9s} "
+            f"{'PML ms':>9s} {'ratio':>6s} {'cpu ratio':>9s} {'same':>4s} "
+            f"{'|diff|':>8s}  note")
   print(header)
   print("-" * len(header))
   for b, d in shapes:
     x, labels = _inputs(b, d)
     num_classes = b // _K
+    jobs = []
     for name in names:
-      run, value, params = _jax_runner(name, x, labels, num_classes)
+      jobs.append((name, {}))
+      if name in _VARIANTS and not args.no_variants:
+        jobs += [(name, {"max_positives": _K - 1}),
+                 (name, {"max_positives": None})]
+    for name, hyper in jobs:
+      run, value, params = _jax_runner(name, x, labels, num_classes, hyper)
       compile_s, jax_s, jax_cpu = _time(run, args.repeats)
-      row = {"loss": name, "batch_size": b, "dim": d, "k": _K,
-             "dmlx_ms": jax_s * 1e3, "dmlx_cpu_ms": jax_cpu * 1e3,
+      label = name + "".join(f"[{k}={v}]" for k, v in hyper.items())
+      row = {"loss": label, "hyper": hyper, "batch_size": b, "dim": d,
+             "k": _K, "dmlx_ms": jax_s * 1e3, "dmlx_cpu_ms": jax_cpu * 1e3,
              "dmlx_first_call_s": compile_s, "dmlx_loss": value()}
-      if pml is not None:
+      if pml is not None and not hyper:
         same, note = _PML_NOTES[name]
         runner = _pml_runner(name, x, labels, num_classes, params)
         row.update(same_form=same, note=note)
@@ -270,10 +294,11 @@ def main(argv=None):
           pml_run, pml_value = runner
           _, pml_s, pml_cpu = _time(pml_run, args.repeats)
           row.update(pml_ms=pml_s * 1e3, pml_cpu_ms=pml_cpu * 1e3,
-                     pml_loss=pml_value(), ratio=pml_s / jax_s)
+                     pml_loss=pml_value(), ratio=pml_s / jax_s,
+                     cpu_ratio=pml_cpu / max(jax_cpu, 1e-9))
       rows.append(row)
       _print_row(row)
-      if name == "triplet_all" and b <= args.cube_max_batch:
+      if name == "triplet_all" and not hyper and b <= args.cube_max_batch:
         cube_run, cube_value = _jax_cube_runner(x, labels)
         _, cube_s, cube_cpu = _time(cube_run, args.repeats)
         cube = {"loss": "triplet_all[naive cube]", "batch_size": b, "dim": d,
@@ -299,13 +324,16 @@ def main(argv=None):
 
 def _print_row(row):
   pml_ms = f"{row['pml_ms']:9.2f}" if "pml_ms" in row else f"{'-':>9s}"
-  ratio = f"{row['ratio']:8.2f}" if "ratio" in row else f"{'-':>8s}"
+  ratio = f"{row['ratio']:6.2f}" if "ratio" in row else f"{'-':>6s}"
+  cpu_ratio = (f"{row['cpu_ratio']:9.2f}" if "cpu_ratio" in row
+               else f"{'-':>9s}")
   same = ("yes" if row.get("same_form") else "no") if "same_form" in row \
       else "-"
   diff = (f"{abs(row['pml_loss'] - row['dmlx_loss']):8.1e}"
           if "pml_loss" in row and row.get("same_form") else f"{'-':>8s}")
-  print(f"{row['loss']:28s} {row['batch_size']:5d} {row['dim']:4d} "
-        f"{row['dmlx_ms']:9.2f} {pml_ms} {ratio} {same:>4s} {diff}  "
+  print(f"{row['loss']:36s} {row['batch_size']:5d} {row['dim']:4d} "
+        f"{row['dmlx_ms']:9.2f} {pml_ms} {ratio} {cpu_ratio} {same:>4s} "
+        f"{diff}  "
         f"{row.get('note', '')}", flush=True)
 
 

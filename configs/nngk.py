@@ -50,11 +50,13 @@ image-level validation part).
 ``model.pretrained`` is left empty: set it to ImageNet weights converted for
 dmlx (``python launch/convert_weights.py --arch=googlenet`` (or ``resnet50``)
 ``--src=<torchvision .pth> --dst=weights/googlenet_imagenet.msgpack``; see
-docs/pretrained.md). Without them the backbone starts from
-random weights, which the paper never does (Table 5: random initial weights
-give 1.35% Birds200 accuracy before training). CUB / Cars: the zero-shot split
-trains on the first 100 / 98 classes; the classification runs use the official
-train / test lists (``official_split``), Flowers its official train / test.
+docs/pretrained.md); ``data.mean`` / ``data.std`` are set to what those
+weights expect (0.5 / 0.5 for GoogLeNet, ImageNet statistics for ResNet-50).
+Without them the backbone starts from random weights, which the paper never
+does (Table 5: random initial weights give 1.35% Birds200 accuracy before
+training). CUB / Cars: the zero-shot split trains on the first 100 / 98
+classes; the classification runs use the official train / test lists
+(``official_split``), Flowers its official train / test.
 
 Hyper-parameters of the offline runs are chosen on held-out *training*
 classes (``data.validation_classes``), never the test classes; see

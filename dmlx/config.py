@@ -33,6 +33,8 @@ def base_config() -> ConfigDict:
   c.data.validation_classes = 0     # > 0: evaluate on this many held-out *training* classes
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.25, 0.25, 0.25)
+  c.data.bgr = False                # reverse channels after normalising (Caffe weights);
+                                    # mean/std/bgr are set from model.pretrained when given
   c.data.cache_dir = ""
   c.data.options = ConfigDict()     # dataset-specific loader options (e.g. num_classes)
 

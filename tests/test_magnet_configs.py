@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
-import numpy as np
 import pytest
 
 from dmlx.methods import magnet
@@ -75,6 +75,8 @@ def _tiny(config, split, workdir):
   config.train.tensorboard = False
   config.eval.untrained_baseline = False
   config.eval.train_subset = 64
+  config.eval.metrics = ("recall",)
+  config.eval.ks = (1,)
   return config
 
 
@@ -89,14 +91,11 @@ def test_procedural_config_trains_end_to_end(tmp_path):
   for value in final["method"].values():
     assert 0.0 <= value <= 1.0
   log = (tmp_path / "cls" / "train.log").read_text()
-  assert "magnet refresh" in log  # refreshed at the start of epoch 2
-  # after_step cached losses and σ̂² into the checkpointed cluster index.
-  run = loop.setup(config, str(tmp_path / "cls"), quiet=True)
-  index = run.state.method_state
-  assert np.asarray(index.example_seen).sum() > 0
-  assert float(index.sigma2_weight) > 0
-  run.checkpointer.close()
-  run.writer.close()
+  # Refreshed at the start of epoch 2; the running σ² differs from the
+  # index's eq. 4 σ² only if after_step cached the batch estimates σ̂².
+  line = re.search(r"magnet refresh: sigma2 index=(\S+) running=(\S+)", log)
+  assert line is not None, log
+  assert float(line.group(1)) != float(line.group(2))
 
 
 def test_procedural_config_zero_shot_variant(tmp_path):

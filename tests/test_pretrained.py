@@ -187,6 +187,10 @@ def test_wrong_state_dict_lists_missing_unexpected_misshaped(tmp_path):
   with pytest.raises(ValueError, match=r"map to no dmlx layer: "
                      r"layer1\.0\.conv1\.alpha \(3,\)"):
     pretrained.convert_state_dict(sd2, "resnet18")
+  sd3 = _resnet18_state_dict(width=4)  # the older BN-Inception port's [1, C]
+  sd3["bn1.running_var"] = sd3["bn1.running_var"][None]
+  _, stats, _ = pretrained.convert_state_dict(sd3, "resnet18")
+  np.testing.assert_array_equal(stats["bn1"]["var"], sd3["bn1.running_var"][0])
   with pytest.raises(ValueError, match="cannot tell the architecture"):
     pretrained.detect_arch({"foo.weight": np.zeros(1)})
   with pytest.raises(ValueError, match="holds a resnet18"):
@@ -462,7 +466,9 @@ def _torch_nets(torch):
       self.fc = nn.Linear(inp, 10)
 
     def forward(self, x):
-      pool = lambda y, k=3: F.max_pool2d(y, k, 2, ceil_mode=True)  # pylint: disable=unnecessary-lambda-assignment
+      def pool(y, k=3):
+        return F.max_pool2d(y, k, 2, ceil_mode=True)
+
       x = pool(self.conv1(x))
       x = pool(self.conv3(self.conv2(x)))
       for name, _ in self.blocks:

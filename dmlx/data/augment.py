@@ -45,13 +45,15 @@ def normalise(images: jax.Array, mean, std) -> jax.Array:
 
 
 def preprocess(images: jax.Array, rng: jax.Array | None, *, crop_size: int,
-               flip: bool, mean, std, train: bool) -> jax.Array:
+               flip: bool, mean, std, train: bool, bgr: bool = False) -> jax.Array:
   """The whole input pipeline: crop (random in training, centre at test),
-  flip in training, normalise."""
+  flip in training, normalise, and reverse the channels for networks trained
+  on BGR input (Caffe BN-Inception)."""
   if crop_size and crop_size < images.shape[1]:
     images = (random_crop_flip(rng, images, crop_size, flip) if train
               else centre_crop(images, crop_size))
   elif train and flip:
     do_flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
     images = jnp.where(do_flip[:, None, None, None], images[:, :, ::-1], images)
-  return normalise(images, mean, std)
+  x = normalise(images, mean, std)
+  return x[..., ::-1] if bgr else x

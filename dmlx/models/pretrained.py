@@ -209,12 +209,16 @@ def convert(src: str, arch: str | None = None,
         f"{src!r} is a Keras file: dmlx has no map from Keras names (Keras' "
         "ResNet50 is ResNet v1 with biased convs, its VGG16 has no BN); use "
         "the torchvision or timm weights of the same network.")
-  detected = detect_arch(state)
   if arch is None:
-    arch = detected
-  elif family(arch) != family(detected):
-    raise ValueError(f"--arch={arch!r} but {src!r} holds a {detected} "
-                     "state dict.")
+    arch = detect_arch(state)
+  else:
+    try:
+      detected = detect_arch(state)
+    except ValueError:  # unusual names: the given arch's map will judge
+      detected = arch
+    if family(arch) != family(detected):
+      raise ValueError(f"arch={arch!r} but {src!r} holds a {detected} "
+                       "state dict.")
   params, stats, sources = convert_state_dict(state, arch)
   record = dict(format=FORMAT, version=FORMAT_VERSION, arch=arch,
                 params=params, batch_stats=stats,
@@ -269,7 +273,7 @@ def assign(record: Record, params: Mapping, batch_stats: Mapping,
         lines.append(f"  {len(items)} {title}: {_cap(items)}")
     lines.append(
         "  Build the backbone as the file was: model.backbone and "
-        "model.backbone_kwargs (the file was converted with backbone_kwargs="
+        "model.backbone_kwargs (the file records backbone_kwargs="
         f"{record.get('backbone_kwargs')}); ImageNet weights need full "
         "widths, and a ResNet's small_inputs stem (3x3 conv1) cannot take "
         "them.")
@@ -414,6 +418,8 @@ def export_workdir(workdir: str, step: int | None = None) -> Record:
 def _leaf(arch: str, module: str, leaf: str, value: np.ndarray, is_bn: bool):
   """``((collection, dmlx leaf), array)`` of one torch tensor, or None."""
   if is_bn:
+    if value.ndim == 2 and value.shape[0] == 1:  # the older Caffe port's [1, C]
+      value = value[0]
     names = {"weight": ("params", "scale"), "bias": ("params", "bias"),
              "running_mean": ("batch_stats", "mean"),
              "running_var": ("batch_stats", "var")}
@@ -428,7 +434,7 @@ def _leaf(arch: str, module: str, leaf: str, value: np.ndarray, is_bn: bool):
     if family(arch) == "alexnet" and module == "classifier.1":
       # torch flattens pool5 as [C, 6, 6], dmlx as [6, 6, C].
       out, c = value.shape[0], value.shape[1] // 36
-      value = value.reshape(out, c, 6, 6).transpose(0, 1, 2, 3).reshape(
+      value = value.reshape(out, c, 6, 6).transpose(0, 2, 3, 1).reshape(
           out, -1)
     return ("params", "kernel"), value.T
   return None

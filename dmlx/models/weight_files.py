@@ -12,7 +12,7 @@ file's own tensor names (``layer1.0.conv1.weight``), nothing converted:
   pure reader of both layouts: the zip archive of torch >= 1.6 (``data.pkl`` +
   ``data/<key>`` storages) and the legacy stream of older releases (magic
   number, pickles, then the storages back to back), which old checkpoints
-  such as ``bninception-239d2248.pth`` use. The pickle is read by a
+  such as Cadene's ``bn_inception-52deb4733.pth`` use. The pickle is read by a
   restricted ``Unpickler``: tensors are rebuilt from the storages, every other
   global becomes an inert stub, so no code from the file is ever run.
 * Keras ``.h5`` through ``h5py`` (optional); ``.npz`` through NumPy.
@@ -23,6 +23,7 @@ A training checkpoint holding the state dict under ``state_dict`` / ``model``
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import json
 import pickle
@@ -104,11 +105,7 @@ def read_safetensors(path: str, use_package: bool | None = None) -> StateDict:
       ``False`` always uses the pure reader below.
   """
   if use_package is None:
-    try:
-      import safetensors  # pylint: disable=g-import-not-at-top,unused-import
-      use_package = True
-    except ImportError:
-      use_package = False
+    use_package = importlib.util.find_spec("safetensors") is not None
   if use_package:
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     try:
@@ -147,11 +144,7 @@ def read_torch(path: str, use_torch: bool | None = None) -> StateDict:
       such as an ``argparse.Namespace`` in a training checkpoint).
   """
   if use_torch is None:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-      use_torch = True
-    except ImportError:
-      use_torch = False
+    use_torch = importlib.util.find_spec("torch") is not None
   if use_torch:
     import torch  # pylint: disable=g-import-not-at-top
     try:

@@ -111,6 +111,13 @@ def setup(config, workdir: str, quiet: bool = False) -> Run:
   log = writer.log
   mesh = step_lib.make_mesh()
   log(f"devices: {mesh.devices.size} x {jax.devices()[0].platform}")
+  if config.model.pretrained:
+    # The input normalisation the pretrained weights expect (mean/std, BGR).
+    from dmlx.models import pretrained  # pylint: disable=g-import-not-at-top
+    norm = pretrained.data_normalisation(pretrained.preprocessing_for(config.model.pretrained))
+    config.data.mean, config.data.std = tuple(norm["mean"]), tuple(norm["std"])
+    config.data.bgr = bool(norm["bgr"])
+    log(f"input normalisation from {config.model.pretrained}: {norm}")
 
   # ---- Data ----------------------------------------------------------------
   data = pipeline.load_splits(config.data)

@@ -66,7 +66,8 @@ def make_grad_fn(model, method: Method, data_cfg) -> Callable:
     rng = jax.random.fold_in(state.rng, state.step)
     k_aug, k_drop, k_loss = jax.random.split(rng, 3)
     images = augment.preprocess(batch["images"], k_aug, crop_size=data_cfg.crop_size,
-                                flip=data_cfg.flip, mean=mean, std=std, train=True)
+                                flip=data_cfg.flip, mean=mean, std=std, train=True,
+                                bgr=data_cfg.get("bgr", False))
 
     def loss_fn(params):
       variables = {"params": params["model"], "batch_stats": state.batch_stats}
@@ -109,7 +110,7 @@ def make_feature_fn(model, data_cfg, layers: tuple[str, ...],
 
   def features(variables, images):
     x = augment.preprocess(images, None, crop_size=data_cfg.crop_size, flip=False,
-                           mean=mean, std=std, train=False)
+                           mean=mean, std=std, train=False, bgr=data_cfg.get("bgr", False))
     outputs = model.apply(variables, x, train=False)
     result = {}
     for layer in layers:
