@@ -20,7 +20,7 @@ two loss values are compared too; elsewhere PML mines or reduces differently
 Usage::
 
   python benchmarks/losses.py --quick          # tiny shapes, seconds
-  python benchmarks/losses.py                  # B in (256, 1024) x D in (128, 512)
+  python benchmarks/losses.py                  # B (256, 1024) x D (128, 512)
   python benchmarks/losses.py --losses triplet_all,margin --repeats 20
 """
 from __future__ import annotations
@@ -304,7 +304,7 @@ def main(argv=None):
         cube = {"loss": "triplet_all[naive cube]", "batch_size": b, "dim": d,
                 "k": _K, "dmlx_ms": cube_s * 1e3,
                 "dmlx_cpu_ms": cube_cpu * 1e3, "dmlx_loss": cube_value(),
-                "note": f"[B,B,B] JAX reference; sorted form is "
+                "note": f"[B,B,B] JAX reference; the default form is "
                         f"{cube_s / jax_s:.1f}x faster"}
         rows.append(cube)
         _print_row(cube)

@@ -67,6 +67,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dmlx.config import base_config
+from dmlx.data.splits import SPLIT_CODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,7 +136,8 @@ def _paper(c: ConfigDict, dataset: str, classification: bool,
     c.data.name = p["name"]
     c.data.split = p["split"]
     c.data.split_attribute = p["attribute"]
-    c.data.train_attribute_values = (0,) if p["attribute"] else ()
+    c.data.train_attribute_values = ((SPLIT_CODES["train"],)
+                                     if p["attribute"] else ())
     c.data.train_fraction = 0.5         # 'folder' only (Leafsnap)
     c.data.options = ConfigDict(p["options"])
     c.model.backbone = "resnet50"

@@ -2,9 +2,12 @@
 Drummond, "Deep metric learning and image classification with nearest
 neighbour Gaussian kernels", ICIP 2018).
 
-  python experiments/nngk.py            # full version (≤ 15 min on 2 cores)
+  python experiments/nngk.py            # full version (~200 CPU-s, 10 min)
   python experiments/nngk.py --seeds=3  # 3 seeds (3x as long)
-  python experiments/nngk.py --quick    # smoke version (1-2 min)
+  python experiments/nngk.py --first_seed=1 --seeds=2 --out=/tmp/s12
+  python experiments/nngk.py \\
+      --merge=experiments/results/nngk.json,/tmp/s12/nngk.json  # pool seeds
+  python experiments/nngk.py --quick    # smoke version (~75 CPU-s)
 
 Every run uses the network, data and budget of ``configs/nngk.py:procedural``
 (a 3-block small CNN, 64-d embedding, batches of 20, the same epochs); only
@@ -32,7 +35,9 @@ seeds the tables give mean ± std. The script prints the tables and writes
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 
@@ -55,6 +60,9 @@ flags.DEFINE_integer("epochs", 0, "Epochs per run (0: the config's).")
 flags.DEFINE_string("workdir", "/tmp/dmlx_nngk_experiment", "Where runs go.")
 flags.DEFINE_string("out", os.path.join(common.ROOT, "experiments", "results"),
                     "Folder for nngk.json and nngk.png.")
+flags.DEFINE_list("merge", [], "Train nothing: pool the runs of these result "
+                  "JSON files (e.g. runs with different --first_seed) into "
+                  "one table, written as nngk_merged.json / .png.")
 
 # Baselines: what changes from the NNGK config (same network and budget).
 SOFTMAX = {"method.name": "loss", "loss.name": "softmax", "loss.kwargs": {},
@@ -116,9 +124,8 @@ def classifier_accuracies(config, workdir: str) -> dict[str, float]:
 
 def _refresh_seconds(workdir: str) -> float:
   """Mean host refresh time logged by the trainer (0 for plain losses)."""
-  import json  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "metrics.jsonl")
-  values = [json.loads(line).get("refresh_seconds") for line in open(path)]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    values = [json.loads(line).get("refresh_seconds") for line in f]
   values = [v for v in values if v is not None]
   return float(np.mean(values)) if values else 0.0
 
@@ -127,7 +134,7 @@ def run_one(split: str, name: str, seed: int) -> dict:
   """Trains one configuration and returns its measurements."""
   config = _config(split, RUNS[(split, name)], seed)
   workdir = os.path.join(FLAGS.workdir, f"{split}_{name}_s{seed}")
-  os.system(f"rm -rf '{workdir}'")
+  shutil.rmtree(workdir, ignore_errors=True)     # never resume an old run
   final = common.train(config, workdir)
   result = {"seconds": final["seconds"], "steps": final["steps"],
             "refresh_seconds": _refresh_seconds(workdir),
@@ -248,8 +255,28 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
+def merge(paths) -> None:
+  """Pools the seeds of earlier result files into one set of tables."""
+  results: dict = {"cls": {}, "zsl": {}}
+  for path in paths:
+    with open(path) as f:
+      for split, runs in json.load(f)["results"].items():
+        for name, rs in runs.items():
+          results[split].setdefault(name, []).extend(rs)
+  text = tables(results)
+  seeds = len(results["zsl"]["nngk"])
+  print(f"{seeds} seeds pooled from {', '.join(paths)}\n\n{text}", flush=True)
+  common.save_json({"results": results, "tables": text, "seeds": seeds,
+                    "merged_from": list(paths)},
+                   os.path.join(FLAGS.out, "nngk_merged.json"))
+  plot(results, os.path.join(FLAGS.out, "nngk_merged.png"))
+
+
 def main(argv):
   del argv
+  if FLAGS.merge:
+    merge(FLAGS.merge)
+    return
   seeds = range(FLAGS.first_seed,
                 FLAGS.first_seed + (1 if FLAGS.quick else FLAGS.seeds))
   results: dict = {"cls": {}, "zsl": {}}

@@ -52,13 +52,17 @@ flags.DEFINE_string("dataset", "omniglot", "omniglot | procedural | "
 flags.DEFINE_string("data_root", os.path.join(os.path.dirname(common.ROOT),
                                               "shared", "data"),
                     "Folder holding omniglot/ and tiny-imagenet/.")
-flags.DEFINE_integer("epochs", 12, "dmlx epochs per run.")
+flags.DEFINE_integer("epochs", 8, "dmlx epochs per run.")
 flags.DEFINE_integer("steps_per_epoch", 50, "Iterations per dmlx epoch "
                      "(one evaluation point each).")
 flags.DEFINE_integer("seeds", 1, "Seeds per variant.")
 flags.DEFINE_multi_string("set", [], "Config override key=value (a Python "
                           "literal), e.g. --set=optim.lr=0.03.")
 flags.DEFINE_string("workdir", "/tmp/dmlx_vohays", "Where runs go (wiped).")
+flags.DEFINE_string("jax_cache", "/tmp/dmlx_vohays_jax_cache", "Persistent "
+                    "XLA compilation cache (seeds and the checkpoint "
+                    "evaluation reuse the training run's compilations); '' = "
+                    "off.")
 flags.DEFINE_string("out_dir", os.path.join(common.ROOT, "experiments",
                                             "results"), "Outputs.")
 
@@ -215,6 +219,9 @@ def plot_curves(curves: dict, path: str, title: str) -> None:
 
 def main(argv):
   del argv
+  if FLAGS.jax_cache:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", FLAGS.jax_cache)
   variants = [v.strip() for v in FLAGS.variants.split(",") if v.strip()]
   epochs, steps, seeds = FLAGS.epochs, FLAGS.steps_per_epoch, FLAGS.seeds
   if FLAGS.quick:

@@ -1,4 +1,4 @@
-"""Registry behaviour, degenerate batches, and jit/vmap consistency of every loss.
+"""Registry behaviour, degenerate batches, jit/vmap consistency of all losses.
 
 Runs in float32 (the default), as training does.
 """

@@ -1,11 +1,15 @@
 """NNGK (Meyer et al., ICIP 2018) through the real trainer: the learned centre
 weights w_i change in training, and the weights and the centre bank are saved
 in the checkpoint and restored by ``dmlx.train.loop.setup``; the NNGK config
-files carry the paper's hyper-parameters."""
+files carry the paper's hyper-parameters; ``experiments/nngk.py --quick``
+runs (``-m slow``)."""
 from __future__ import annotations
 
+import json
 import os
 import runpy
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -162,3 +166,27 @@ def test_unknown_config_argument_raises():
     _get_config("nngk.py", "imagenet")
   with pytest.raises(ValueError, match="classification only"):
     _get_config("nngk.py", "flowers")
+
+
+@pytest.mark.slow
+def test_experiment_quick_writes_tables(tmp_path):
+  """``experiments/nngk.py --quick`` (a few minutes): every run trains and the
+  three tables, JSON and plot are written; ``--merge`` pools them."""
+  script = os.path.join(ROOT, "experiments", "nngk.py")
+  out = subprocess.run(
+      [sys.executable, script, "--quick", f"--out={tmp_path}",
+       f"--workdir={tmp_path / 'runs'}"],
+      capture_output=True, text=True, timeout=1200, check=True).stdout
+  for title in ("(a) classification", "(b) zero-shot", "(c) ablation"):
+    assert title in out
+  with open(tmp_path / "nngk_quick.json") as f:
+    results = json.load(f)["results"]
+  assert set(results["cls"]) == {"nngk", "nngk_fixed_w", "softmax"}
+  assert 0.0 <= results["cls"]["softmax"][0]["head_accuracy"] <= 1.0
+  assert 0.0 <= results["cls"]["nngk"][0]["nngk_accuracy"] <= 1.0
+  assert (tmp_path / "nngk_quick.png").stat().st_size > 0
+  merged = subprocess.run(
+      [sys.executable, script, f"--merge={tmp_path / 'nngk_quick.json'}",
+       f"--out={tmp_path}"], capture_output=True, text=True, timeout=600,
+      check=True).stdout
+  assert "1 seeds pooled" in merged and (tmp_path / "nngk_merged.png").exists()

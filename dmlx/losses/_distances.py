@@ -83,7 +83,7 @@ def similarity_matrix(x: Array, y: Array | None = None) -> Array:
 
 
 def same_class_mask(labels: Array) -> Array:
-  """``[B, B]`` bool, True where ``labels[i] == labels[j]`` (diagonal included)."""
+  """``[B, B]`` bool: ``labels[i] == labels[j]``, diagonal included."""
   return labels[:, None] == labels[None, :]
 
 

@@ -5,7 +5,8 @@ Two pieces, each usable alone:
 * :func:`distance_weighted_sampling` draws, for every anchor ``a``, negatives
   ``n`` (one per positive pair ``(a, p)``) with probability proportional to
   ``q(D_an)^{-1}``, the inverse density of pairwise distances between points
-  uniform on the unit sphere, restricted to ``cutoff <= D < nonzero_loss_cutoff``.
+  uniform on the unit sphere, clipped below at ``cutoff`` and zero from
+  ``nonzero_loss_cutoff`` on.
 * :func:`margin_loss` applies ``[alpha + y (D_ij - beta)]_+`` to the positive
   pairs and the sampled negative pairs, with a learnable boundary ``beta``
   (one per class, or one for all) kept in ``params``.
@@ -234,28 +235,32 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
             else jnp.broadcast_to(beta, labels.shape))
   pos_loss = jnp.where(pos, jax.nn.relu(alpha + d - beta_a[:, None]), 0)
 
-  def negative_terms(width):
-    def terms(d):
+  full_width = max(b - 1, 1)
+
+  def draw(width):
+    """Negatives [B, full_width] (ints, no gradient); columns >= width are 0."""
+    def sample(d):
       negatives, has_negative = distance_weighted_sampling(
           rng, d, labels, num_samples=width, dim=embeddings.shape[1],
           cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
           sampler=sampler)
-      used = ((jnp.arange(width)[None, :] < num_pos[:, None])
-              & has_negative[:, None])
-      d_an = jnp.take_along_axis(d, negatives, axis=1)
-      neg_loss = jnp.where(used, jax.nn.relu(alpha - d_an + beta_a[:, None]),
-                           0)
-      return (jnp.sum(neg_loss), _common.count(neg_loss > 0),
-              jnp.sum(jnp.where(used, d_an, 0)), _common.count(used))
-    return terms
+      return (jnp.pad(negatives, ((0, 0), (0, full_width - width))),
+              has_negative)
+    return sample
 
-  full = negative_terms(max(b - 1, 1))
-  if max_positives is None or max_positives >= b - 1:
-    neg_total, neg_nonzero, d_an_total, num_used = full(d)
-  else:
-    neg_total, neg_nonzero, d_an_total, num_used = jax.lax.cond(
-        jnp.any(num_pos > max_positives), full,
-        negative_terms(max_positives), d)
+  d_sampling = jax.lax.stop_gradient(d)
+  if max_positives is None or max_positives >= full_width:
+    negatives, has_negative = draw(full_width)(d_sampling)
+  else:  # the cond returns ints only, so it carries no gradient
+    negatives, has_negative = jax.lax.cond(
+        jnp.any(num_pos > max_positives), draw(full_width),
+        draw(max_positives), d_sampling)
+  used = ((jnp.arange(full_width)[None, :] < num_pos[:, None])
+          & has_negative[:, None])
+  d_an = jnp.take_along_axis(d, negatives, axis=1)
+  neg_loss = jnp.where(used, jax.nn.relu(alpha - d_an + beta_a[:, None]), 0)
+  neg_total, neg_nonzero = jnp.sum(neg_loss), _common.count(neg_loss > 0)
+  d_an_total, num_used = jnp.sum(jnp.where(used, d_an, 0)), _common.count(used)
   num_nonzero = _common.count(pos_loss > 0) + neg_nonzero
   beta_reg = nu * jnp.sum(num_pos * beta_a)
   loss = _common.safe_divide(jnp.sum(pos_loss) + neg_total + beta_reg,

@@ -1,4 +1,4 @@
-"""Proxy-NCA: NCA against one learned proxy per class (Movshovitz-Attias 2017)."""
+"""Proxy-NCA: NCA against one learned proxy per class (Movshovitz-Attias)."""
 from __future__ import annotations
 
 import jax

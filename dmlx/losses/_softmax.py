@@ -1,4 +1,4 @@
-"""Classification losses used for metric learning: softmax and normalised softmax."""
+"""Classification baselines for metric learning: softmax, normalised softmax."""
 from __future__ import annotations
 
 import jax
@@ -11,7 +11,7 @@ Array = jax.Array
 
 
 def init_softmax(rng: Array, num_classes: int, dim: int) -> dict[str, Array]:
-  """Linear classifier ``{'kernel': [dim, num_classes], 'bias': [num_classes]}``.
+  """Linear classifier ``{'kernel': [dim, C], 'bias': [C]}``, C = num_classes.
 
   LeCun-normal kernel (flax ``nn.Dense``'s default) and zero bias.
 

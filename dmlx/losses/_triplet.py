@@ -12,20 +12,26 @@ Two exact strategies avoid it:
 * *Positive table* (default, ``max_positives=7``): each anchor's positives are
   gathered into a ``[B, W]`` table (``W = max_positives``), so batch-all and
   semi-hard work on ``[B, W, B]`` (anchor, positive, negative) arrays:
-  ``O(B^2 W)``, about ``4/B`` of the cube for P x K batches with K = 4. It
-  holds every positive when no class has more than ``W + 1`` examples in the
-  batch; otherwise ``jax.lax.cond`` switches to the second strategy at run
-  time. For P x K batches set ``max_positives=K - 1``.
+  ``O(B^2 W)``, a fraction ``W / B`` of the cube. It holds every positive
+  when no class has more than ``W + 1`` examples in the batch; otherwise
+  ``jax.lax.cond`` switches to the second strategy at run time (under
+  ``vmap`` both run). For P x K batches ``max_positives=K - 1`` is fastest.
 * *Sorted negatives* (``max_positives=None``, or the fallback): each anchor's
-  negative distances are sorted once (``O(B^2 log B)``), after which semi-hard
-  mining is a binary search of ``D_ap`` among them, and the batch-all hinge sum
-  ``sum_n max(0, D_ap + m - D_an)`` equals ``c (D_ap + m) - (sum of the c
-  smallest D_an)``, with ``c`` (the negatives closer than ``D_ap + m``) again a
-  binary search and the partial sums a cumulative sum. The soft batch-all loss
-  has no such closed form; its fallback visits the cube in ``[B, B]`` slices.
+  negative distances are sorted once (``O(B^2 log B)``); semi-hard mining is
+  then a binary search of ``D_ap`` among them. The batch-all hinge sum is
+  linear in the distances once the active triplets are known,
+  ``sum_ap c_ap (D_ap + m) - sum_an g_an D_an``, and the counts are binary
+  searches too: ``c_ap`` (negatives closer than ``D_ap + m``) among the
+  sorted negatives, ``g_an`` (positives with ``D_ap + m > D_an``) among the
+  sorted thresholds. The soft batch-all loss has no such form; its fallback
+  visits the cube in ``[B, B]`` slices.
 
-Both are exact for any label composition; only the speed differs. (XLA:CPU
-sorts floats slowly, ~150 ms for ``1024 x 1024``, hence the table default.)
+Mining (which negative, which triplets are active) runs on ``stop_gradient``
+distances and returns integers, so the ``cond`` carries no gradient (JAX would
+otherwise keep the residuals of both branches); the loss is evaluated after it.
+Both strategies are exact for any label composition; only the speed differs.
+Sorting uses integer keys with the floats' order (``_common.sortable_key``):
+XLA:CPU sorts those ~6x faster than floats.
 """
 from __future__ import annotations
 
@@ -97,16 +103,28 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   neg = _distances.negative_mask(labels)
   num_valid = jnp.sum(_common.count(pos, 1) * _common.count(neg, 1))
   if soft:
-    exact = lambda d: _soft_all_triplets(d, pos, neg)
+    # Differentiable branches: the soft loss has no count form.
+    total, num_violating = _common.by_positive_table(
+        pos, max_positives,
+        lambda d, index, valid: _soft_table(d, index, valid, neg),
+        lambda d: _soft_all_triplets(d, pos, neg), d)
+    num_active = num_valid
   else:
-    exact = lambda d: _hinge_all_triplets(d, pos, neg, margin)
-  table = lambda d, index, valid: _table_all_triplets(
-      d, index, valid, neg, margin, soft)
-  total, num_counted = _common.by_positive_table(pos, max_positives, table,
-                                                 exact, d)
-  # Hinge: num_counted = active triplets; soft: violated ones (all active).
-  num_active = num_valid if soft else num_counted
-  num_violating = num_counted
+    # The hinge sum is linear in D given which triplets are active:
+    # sum_ap c_ap (D_ap + m) - sum_an g_an D_an, with c_ap (g_an) the active
+    # negatives (positives) of pair (a, p) ((a, n)). Only the integer counts
+    # come out of the cond, so its branches need no gradient.
+    c, g = _common.by_positive_table(
+        pos, max_positives,
+        lambda d, index, valid: _hinge_counts_table(d, index, valid, neg,
+                                                    margin),
+        lambda d: _hinge_counts_sorted(d, pos, neg, margin),
+        jax.lax.stop_gradient(d))
+    c, g = c.astype(d.dtype), g.astype(d.dtype)
+    total = (jnp.sum(jnp.where(pos, c * (d + margin), 0))
+             - jnp.sum(jnp.where(neg, g * d, 0)))
+    num_active = jnp.sum(c, dtype=jnp.float32)
+    num_violating = num_active
   divisor = num_active if reduction == "active" else num_valid
   loss = _common.safe_divide(total, divisor)
   return loss, {
@@ -172,36 +190,20 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   neg = _distances.negative_mask(labels)
   farthest_neg, has_neg = _common.masked_max(d, neg, axis=1)
 
-  def reduce(d_ap, d_an, found, pairs):
-    x = d_ap - d_an
-    per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)
-    active = x > 0 if soft else x + margin > 0
-    return (jnp.sum(jnp.where(pairs, per_pair, 0)), _common.count(pairs),
-            _common.count(pairs & active), _common.count(pairs & found))
-
-  def exact(d):
-    order, sorted_neg, num_neg = _sort_negatives(d, neg)
-    # rank[a, p] = #negatives with D_an <= D_ap: the first one beyond D_ap.
-    rank = _row_searchsorted(sorted_neg, jax.lax.stop_gradient(d), "right")
-    found = rank < num_neg[:, None]
-    k = jnp.clip(rank, 0, d.shape[1] - 1)
-    semihard = jnp.take_along_axis(d, jnp.take_along_axis(order, k, 1), 1)
-    d_an = jnp.where(found, semihard, farthest_neg[:, None])
-    return reduce(d, d_an, found, pos & has_neg[:, None])
-
-  def table(d, index, valid):
-    d_ap = jnp.take_along_axis(d, index, 1)                       # [B, W]
-    d_n = jnp.broadcast_to(d[:, None, :], index.shape + d.shape[1:])
-    beyond = neg[:, None, :] & (d_n > d_ap[:, :, None])            # [B, W, B]
-    semihard, found = _common.masked_min(d_n, beyond, axis=-1)
-    d_an = jnp.where(found, semihard, farthest_neg[:, None])
-    return reduce(d_ap, d_an, found, valid & has_neg[:, None])
-
-  total, num_pairs, num_active, num_found = _common.by_positive_table(
-      pos, max_positives, table, exact, d)
-  return _common.safe_divide(total, num_pairs), {
-      "fraction_active": _common.safe_divide(num_active, num_pairs),
-      "fraction_semihard": _common.safe_divide(num_found, num_pairs),
+  # Which negative each positive pair uses (ints, no gradient), then the loss.
+  n_star, found = _common.by_positive_table(
+      pos, max_positives,
+      lambda d, index, valid: _semihard_table(d, index, valid, neg),
+      lambda d: _semihard_sorted(d, neg), jax.lax.stop_gradient(d))
+  d_an = jnp.where(found, jnp.take_along_axis(d, n_star, 1),
+                   farthest_neg[:, None])
+  pairs = pos & has_neg[:, None]
+  x = d - d_an
+  per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)
+  active = x > 0 if soft else x + margin > 0
+  return _common.masked_mean(per_pair, pairs), {
+      "fraction_active": _common.masked_mean(active, pairs),
+      "fraction_semihard": _common.masked_mean(found, pairs),
   }
 
 
@@ -259,63 +261,100 @@ def triplet_batch_hard(embeddings: Array, labels: Array, *,
   }
 
 
-def _sort_negatives(d: Array, neg: Array) -> tuple[Array, Array, Array]:
-  """Sorts each anchor's negative distances (no gradient through the order).
-
-  Returns:
-    ``order [B, B]`` (column indices, negatives first, ascending distance),
-    ``sorted_neg [B, B]`` (the sorted distances, ``+inf`` after the last
-    negative; no gradient) and ``num_neg [B]`` (int).
-  """
-  masked = jnp.where(neg, jax.lax.stop_gradient(d), jnp.inf)
-  order = jnp.argsort(masked, axis=1)
-  return order, jnp.take_along_axis(masked, order, 1), jnp.sum(neg, axis=1)
-
-
 def _row_searchsorted(sorted_rows: Array, queries: Array, side: str) -> Array:
   """Row-wise ``searchsorted``: ``[B, N]`` sorted rows, ``[B, Q]`` queries."""
   return jax.vmap(lambda r, q: jnp.searchsorted(r, q, side=side))(
       sorted_rows, queries)
 
 
-def _hinge_all_triplets(d: Array, pos: Array, neg: Array,
-                        margin: float) -> tuple[Array, Array]:
-  """Sum over valid triplets of ``max(0, D_ap - D_an + m)`` and #active ones.
+def _sorted_keys(keys: Array, mask: Array) -> Array:
+  """Each row's ``keys[mask]`` in ascending order, padded with the max key."""
+  pad = jnp.iinfo(keys.dtype).max
+  return jnp.sort(jnp.where(mask, keys, pad), axis=1)
 
-  For a pair (a, p) with threshold ``t = D_ap + m`` and the ``c`` negatives of
-  ``a`` with ``D_an < t``, the sum over n is ``c * t - sum_{j<c} sorted_j``.
+
+def _scatter_rows(shape, index: Array, values: Array) -> Array:
+  """``out[a, index[a, w]] = values[a, w]`` into zeros of ``shape``."""
+  rows = jnp.arange(shape[0])[:, None]
+  return jnp.zeros(shape, values.dtype).at[rows, index].set(values)
+
+
+def _semihard_sorted(d: Array, neg: Array) -> tuple[Array, Array]:
+  """Semi-hard negative of every pair by sorting each anchor's negatives.
+
+  Returns ``n_star [B, B]`` (column of the closest negative with
+  ``D_an > D_ap``) and ``found [B, B]``; where nothing is found ``n_star`` is
+  arbitrary.
   """
-  order, sorted_neg, num_neg = _sort_negatives(d, neg)
+  b = d.shape[0]
+  keys = _common.sortable_key(d)
+  sorted_neg = _sorted_keys(keys, neg)
+  # rank[a, p]: #negatives with D_an <= D_ap, i.e. the first one beyond.
+  rank = _row_searchsorted(sorted_neg, keys, "right")
+  found = rank < jnp.sum(neg, axis=1)[:, None]
+  # Column of the negative at each rank: negatives scatter to their first
+  # (tie-breaking "left") rank, which is the only rank "right" can return.
+  neg_rank = jnp.where(neg, _row_searchsorted(sorted_neg, keys, "left"), b)
+  columns = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32), (b, b))
+  rows = jnp.arange(b)[:, None]
+  column_at_rank = jnp.zeros((b, b), jnp.int32).at[rows, neg_rank].set(
+      columns, mode="drop")
+  n_star = jnp.take_along_axis(column_at_rank, jnp.minimum(rank, b - 1), 1)
+  return n_star, found
+
+
+def _semihard_table(d: Array, index: Array, valid: Array,
+                    neg: Array) -> tuple[Array, Array]:
+  """:func:`_semihard_sorted` on a ``[B, W, B]`` positive-table array."""
   b = d.shape[1]
-  in_row = jnp.arange(b)[None, :] < num_neg[:, None]
-  # Sorted negative distances *with* gradient, and their prefix sums.
-  sorted_d = jnp.where(in_row, jnp.take_along_axis(d, order, 1), 0)
-  prefix = jnp.concatenate(
-      [jnp.zeros_like(sorted_d[:, :1]), jnp.cumsum(sorted_d, axis=1)], axis=1)
-  threshold = d + margin
-  c = _row_searchsorted(sorted_neg, jax.lax.stop_gradient(threshold), "left")
-  per_pair = c * threshold - jnp.take_along_axis(prefix, c, 1)
-  total = jnp.sum(jnp.where(pos, per_pair, 0))
-  num_active = jnp.sum(jnp.where(pos, c, 0), dtype=jnp.float32)
-  return total, num_active
+  d_ap = jnp.take_along_axis(d, index, 1)                        # [B, W]
+  d_n = d[:, None, :]
+  beyond = neg[:, None, :] & (d_n > d_ap[:, :, None])             # [B, W, B]
+  # Two plain reductions (min distance, then its first column) are about
+  # twice as fast on CPU as one variadic argmin.
+  nearest = jnp.min(jnp.where(beyond, d_n, jnp.inf), axis=-1)
+  columns = jnp.arange(b, dtype=jnp.int32)
+  n_star = jnp.min(jnp.where(beyond & (d_n == nearest[:, :, None]), columns,
+                             b), axis=-1)
+  found = jnp.any(beyond, axis=-1) & valid
+  return (_scatter_rows(d.shape, index, jnp.minimum(n_star, b - 1)),
+          _scatter_rows(d.shape, index, found))
 
 
-def _table_all_triplets(d: Array, index: Array, valid: Array, neg: Array,
-                        margin: float, soft: bool) -> tuple[Array, Array]:
-  """Batch-all sum over a ``[B, W, B]`` (anchor, positive, negative) array.
+def _hinge_counts_sorted(d: Array, pos: Array, neg: Array,
+                         margin: float) -> tuple[Array, Array]:
+  """Active-triplet counts ``c [B, B]`` (per pair a, p), ``g [B, B]`` (a, n).
 
-  Returns the summed loss and the number of active (hinge) or violated
-  (soft) triplets.
+  With ``t = D_ap + m``: ``c_ap = #{n : D_an < t_ap}`` is a binary search of
+  ``t_ap`` among the anchor's sorted negative distances, and
+  ``g_an = #{p : t_ap > D_an}`` one of ``D_an`` among its sorted thresholds.
   """
-  d_ap = jnp.take_along_axis(d, index, 1)                          # [B, W]
-  x = d_ap[:, :, None] - d[:, None, :]                             # [B, W, B]
+  t = d + margin
+  d_keys, t_keys = _common.sortable_key(d), _common.sortable_key(t)
+  c = _row_searchsorted(_sorted_keys(d_keys, neg), t_keys, "left")
+  below = _row_searchsorted(_sorted_keys(t_keys, pos), d_keys, "right")
+  g = jnp.sum(pos, axis=1, dtype=below.dtype)[:, None] - below
+  return jnp.where(pos, c, 0), jnp.where(neg, g, 0)
+
+
+def _hinge_counts_table(d: Array, index: Array, valid: Array, neg: Array,
+                        margin: float) -> tuple[Array, Array]:
+  """:func:`_hinge_counts_sorted` on a ``[B, W, B]`` positive-table array."""
+  t_ap = jnp.take_along_axis(d, index, 1) + margin                 # [B, W]
+  active = (valid[:, :, None] & neg[:, None, :]
+            & (t_ap[:, :, None] > d[:, None, :]))                  # [B, W, B]
+  c = jnp.sum(active, axis=-1, dtype=jnp.int32)
+  g = jnp.sum(active, axis=1, dtype=jnp.int32)
+  return _scatter_rows(d.shape, index, jnp.where(valid, c, 0)), g
+
+
+def _soft_table(d: Array, index: Array, valid: Array,
+                neg: Array) -> tuple[Array, Array]:
+  """Soft batch-all sum and #violations over a ``[B, W, B]`` array."""
+  x = jnp.take_along_axis(d, index, 1)[:, :, None] - d[:, None, :]
   mask = valid[:, :, None] & neg[:, None, :]
-  if soft:
-    per_triplet, counted = jax.nn.softplus(x), x > 0
-  else:
-    per_triplet, counted = jax.nn.relu(x + margin), x + margin > 0
-  return (jnp.sum(jnp.where(mask, per_triplet, 0)),
-          _common.count(mask & counted))
+  return (jnp.sum(jnp.where(mask, jax.nn.softplus(x), 0)),
+          _common.count(mask & (x > 0)))
 
 
 def _soft_all_triplets(d: Array, pos: Array, neg: Array) -> tuple[Array, Array]:
