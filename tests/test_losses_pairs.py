@@ -3,18 +3,34 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import jax.test_util
 import numpy as np
 import pytest
 
 from dmlx import losses
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them. (Functions given
-# to check_grads use plain jax.jit: compiler options only work at top level.)
+# than the programs ever run. Numerics do not depend on them.
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
+
+def _check_grads(f, args, eps=1e-6, rtol=1e-6, atol=1e-9, directions=3):
+  """check_grads(order=1, modes=["rev"]) at the tests' compile settings.
+
+  Like ``jax.test_util.check_vjp``: the reverse-mode gradient of ``f``
+  (float64) against central finite differences of ``f`` along random
+  directions. (check_grads itself cannot take a jit with compiler options.)
+  """
+  grads = jit(jax.grad(f, argnums=tuple(range(len(args)))))(*args)
+  value = jit(f)
+  rng = np.random.default_rng(0)
+  for _ in range(directions):
+    v = jax.tree.map(lambda a: rng.normal(size=np.shape(a)), args)
+    shift = lambda s: jax.tree.map(lambda a, u: a + s * eps * u, args, v)
+    numeric = (value(*shift(1.0)) - value(*shift(-1.0))) / (2 * eps)
+    analytic = sum(np.vdot(g, u) for g, u in zip(
+        jax.tree.leaves(grads), jax.tree.leaves(v)))
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
 
 
 @pytest.fixture(autouse=True)
@@ -147,8 +163,7 @@ def test_nca_expected_accuracy_is_mean_probability():
 ])
 def test_gradients(fn, hyper):
   x, y = _batch(6)
-  f = jax.jit(lambda x: fn(x, y, **hyper)[0])
-  jax.test_util.check_grads(f, (x,), order=1, modes=["rev"])
+  _check_grads(lambda x: fn(x, y, **hyper)[0], (x,))
 
 
 def test_lifted_far_negatives_are_stable():
@@ -185,3 +200,11 @@ def test_bad_hyper_parameters():
     losses.contrastive(x, y, neg_margin=-1.0)
   with pytest.raises(ValueError, match="l2_reg"):
     losses.npair(x, y, l2_reg=-0.1)
+
+
+def test_gradient_check_detects_a_wrong_gradient():
+  x, _ = _batch(0)
+  _check_grads(lambda x: jnp.sum(jnp.sin(x)), (x,))
+  with pytest.raises(AssertionError):
+    _check_grads(lambda x: jnp.sum(jnp.sin(x)) + jax.lax.stop_gradient(
+        jnp.sum(x ** 3)), (x,))

@@ -12,8 +12,7 @@ import pytest
 from dmlx import losses
 
 # These tests compile many small programs; LLVM's optimisations would cost more
-# than the programs ever run. Numerics do not depend on them. (Functions given
-# to check_grads use plain jax.jit: compiler options only work at top level.)
+# than the programs ever run. Numerics do not depend on them.
 jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 

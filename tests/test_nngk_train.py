@@ -54,9 +54,9 @@ def runs(tmp_path_factory):
   final = loop.train_and_evaluate(config, workdir)
   assert final["steps"] == 2 * STEPS
   restored = loop.setup(config, workdir, quiet=True)
+  yield config, final, restored
   restored.checkpointer.close()
   restored.writer.close()
-  return config, final, restored
 
 
 def test_learned_weights_change_and_are_restored(runs):

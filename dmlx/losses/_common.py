@@ -187,8 +187,11 @@ def by_positive_table(pos: Array, max_positives: int | None,
   composition. When some anchor has more than ``W`` positives,
   ``jax.lax.cond`` switches to ``exact_fn`` at run time, so the result never
   depends on ``max_positives``, only the speed does. ``max_positives=None``
-  always uses ``exact_fn``. Both must return the same pytree of scalars.
-  (Under ``vmap`` the ``cond`` becomes a ``select`` and both run.)
+  always uses ``exact_fn``. Both must return pytrees of the same shapes and
+  dtypes. Prefer outputs without gradient (integer selections and counts,
+  computed from a ``stop_gradient`` operand): a differentiated ``cond`` keeps
+  the residuals of both branches. (Under ``vmap`` the ``cond`` becomes a
+  ``select`` and both branches run.)
   """
   b = pos.shape[0]
   if max_positives is None or b < 2:

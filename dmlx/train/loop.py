@@ -226,7 +226,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             "Lower optim.lr or check the loss hyper-parameters.")
       losses.append(loss)
       if method.after_step is not None:
-        new_ms = method.after_step(_to_host(state.method_state), _to_host(arrays), host_batch)
+        new_ms = method.after_step(_to_host(state.method_state),
+                                  _to_host({**scalars, **arrays}), host_batch)
         state = state.replace(method_state=step_lib.replicate(mesh, new_ms))
       step_now = int(state.step)
       if progress is not None:
