@@ -50,8 +50,9 @@ image-level validation part).
 ``model.pretrained`` is left empty: set it to ImageNet weights converted for
 dmlx (``python launch/convert_weights.py --arch=googlenet`` (or ``resnet50``)
 ``--src=<torchvision .pth> --dst=weights/googlenet_imagenet.msgpack``; see
-docs/pretrained.md); ``data.mean`` / ``data.std`` are set to what those
-weights expect (0.5 / 0.5 for GoogLeNet, ImageNet statistics for ResNet-50).
+docs/pretrained.md). The trainer then takes ``data.mean`` / ``data.std`` from
+the weights file; the values set here are the same (0.5 / 0.5 for GoogLeNet,
+ImageNet statistics for ResNet-50).
 Without them the backbone starts from random weights, which the paper never
 does (Table 5: random initial weights give 1.35% Birds200 accuracy before
 training). CUB / Cars: the zero-shot split trains on the first 100 / 98
@@ -157,7 +158,8 @@ def _paper(c: ConfigDict, dataset: str, classification: bool,
     c.model.backbone = "googlenet"
     c.model.backbone_kwargs = ConfigDict({"pooling": "avg"})
     # torchvision's GoogLeNet weights expect (x - 0.5) / 0.5, not ImageNet
-    # statistics (dmlx.models.pretrained.PREPROCESSING['googlenet']).
+    # statistics (dmlx.models.pretrained.PREPROCESSING['googlenet']; the
+    # trainer reads them from model.pretrained when it is set).
     c.data.mean = GOOGLENET_MEAN_STD
     c.data.std = GOOGLENET_MEAN_STD
     c.model.embedding_dim = dims
