@@ -35,3 +35,15 @@ from dmlx.losses._softmax import softmax_cross_entropy
 from dmlx.losses._triplet import triplet_all
 from dmlx.losses._triplet import triplet_batch_hard
 from dmlx.losses._triplet import triplet_semihard
+# Seed methods' losses (their host-side state lives in dmlx.methods).
+from dmlx.losses._density import class_density
+from dmlx.losses._density import density_regularizer
+from dmlx.losses._density import dmlda_contrastive
+from dmlx.losses._density import entropy_regularizer
+from dmlx.losses._density import global_orthogonal_regularizer
+from dmlx.losses._magnet import magnet_loss
+from dmlx.losses._mic import gradient_reversal
+from dmlx.losses._mic import init_projection
+from dmlx.losses._mic import mutual_information_loss
+from dmlx.losses._nngk import CentreBank
+from dmlx.losses._nngk import nngk

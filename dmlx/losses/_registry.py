@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from dmlx.losses import _contrastive
+from dmlx.losses import _density
 from dmlx.losses import _lifted
 from dmlx.losses import _margin
 from dmlx.losses import _nca
@@ -70,6 +71,8 @@ REGISTRY: dict[str, LossSpec] = {
                         init=_softmax.init_softmax),
     "normalized_softmax": LossSpec(_softmax.normalized_softmax,
                                    init=_softmax.init_normalized_softmax),
+    # DML-DA's eq. 2 contrastive form (squared distance, unsquared hinge).
+    "dmlda_contrastive": LossSpec(_density.dmlda_contrastive),
 }
 
 
