@@ -4,7 +4,7 @@
   python experiments/mic.py --quick    # a 2-3 minute smoke run: baseline
                                        # and full MIC only, 2 epochs
   python experiments/mic.py --seeds=3 --aux_dims= --tag=_seeds3   # seed noise
-  python experiments/mic.py --gamma_sweep=0,30,150,600   # choose γ on
+  python experiments/mic.py --gamma_sweep=0,15,50,150   # choose γ on
                                        # held-out *training* classes
 
 The procedural dataset (``dmlx.data.procedural``) stores, for every image, four

@@ -205,7 +205,12 @@ def plot_curves(curves: dict, path: str, title: str) -> None:
     ax.set_xlabel("iteration")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("Recall@1 (solid: test, dashed: train)")
-  axes[0][-1].legend(fontsize=7, loc="lower right")
+  labels = {}
+  for ax in axes[0]:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      labels.setdefault(label, handle)
+  axes[0][-1].legend(labels.values(), labels.keys(), fontsize=7,
+                     loc="lower right")
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

@@ -2,8 +2,11 @@
 to norm 4, the NetA/D/E/F/cls heads, layer selection and NetB's re-init."""
 from __future__ import annotations
 
+import json
 import os
 import runpy
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -136,12 +139,25 @@ def test_features_are_scaled_by_4_not_the_distances():
 # ---------------------------------------------------------------------------
 
 
+# VGG with one conv in blocks 1-4 and VGG-16's three in block 5 (conv5_1..3,
+# pool5_1..3), 4 channels: the same layer names, compiled in seconds.
+TINY_BLOCKS = ((1, 1), (1, 1), (1, 1), (1, 1), (3, 1))
+
+
 def _tiny_config(variant: str):
   c = _config(f"{variant},procedural")
-  c.model.backbone_kwargs.num_filters = 2       # 2..16 channels
   c.data.image_size, c.data.crop_size = 20, 16  # conv5 maps 2 × 2
   c.model.fc_layers = (6,) * len(c.model.fc_layers)
   return c
+
+
+def _build(c):
+  """The trainer's network for ``c`` with its VGG16-BN swapped for a tiny
+  VGG (same head, same layer names)."""
+  full = models.build_model(c.model)
+  assert isinstance(full.backbone, vgg.VGG)
+  return full.clone(backbone=vgg.VGG(blocks=TINY_BLOCKS, num_filters=4,
+                                     small_inputs=True))
 
 
 def _images(n: int, size: int = 36, seed: int = 0) -> np.ndarray:
@@ -150,9 +166,7 @@ def _images(n: int, size: int = 36, seed: int = 0) -> np.ndarray:
 
 
 def _init(model, size=16, seed=0):
-  # Jitted: op-by-op VGG initialisation is slow on a busy CPU.
-  return jax.jit(model.init)(jax.random.PRNGKey(seed),
-                             jnp.zeros((2, size, size, 3)))
+  return model.init(jax.random.PRNGKey(seed), jnp.zeros((2, size, size, 3)))
 
 
 def test_layer_selection_equals_network_applied_by_hand():
@@ -160,7 +174,7 @@ def test_layer_selection_equals_network_applied_by_hand():
   last conv block, global max pooling, the Dense layers (ReLU between) and
   the norm-4 scaling computed by hand from the parameters."""
   c = _tiny_config("nete")
-  model = models.build_model(c.model)
+  model = _build(c)
   variables = _init(model)
   # Non-trivial BatchNorm running statistics.
   key = iter(jax.random.split(jax.random.PRNGKey(4), 64))
@@ -179,7 +193,7 @@ def test_layer_selection_equals_network_applied_by_hand():
   pre = augment.preprocess(jnp.asarray(images), None, crop_size=c.data.crop_size,
                            flip=False, mean=c.data.mean, std=c.data.std,
                            train=False)
-  conv5_2 = np.asarray(jax.jit(model.apply)(variables, pre)["conv5_2"],
+  conv5_2 = np.asarray(model.apply(variables, pre)["conv5_2"],
                        np.float64)
   # conv5_3 by hand: 3×3 conv (padding 1) + bias, BatchNorm (running stats),
   # ReLU, then global max pooling = pool5_3.
@@ -218,27 +232,27 @@ def test_loss_position_per_variant(variant, fcs):
   """The embedding (the loss's input) is norm-4 scaling of pool5_3 (NetD) or
   of the last fc layer, and the head has exactly those fc layers."""
   c = _tiny_config(variant)
-  model = models.build_model(c.model)
+  model = _build(c)
   variables = _init(model)
   head_params = sorted(k for k in variables["params"] if k != "backbone")
   assert head_params == sorted(fcs)
-  out = jax.jit(model.apply)(variables,
-                             jnp.asarray(_images(2, 16), jnp.float32) / 255.)
+  out = model.apply(variables, jnp.asarray(_images(2, 16), jnp.float32) / 255.)
   last = out[fcs[-1]] if fcs else out["pool5_3"]
   np.testing.assert_allclose(out["embedding"], heads.l2_normalise(last) * SCALE,
                              rtol=1e-5, atol=1e-6)
   assert c.method.layer == "embedding"
   assert c.loss.name == "triplet_all"
+  assert (model.input_layer, model.embedding_dim, model.normalise) == (
+      "pool5_3", 0, True)
 
 
 def test_classification_variant_is_softmax_on_relu_fc6():
   """cls: the softmax loss's classifier (the "classification-output fc7")
   sits on ReLU(fc6)."""
   c = _tiny_config("cls")
-  model = models.build_model(c.model)
+  model = _build(c)
   variables = _init(model)
-  out = jax.jit(model.apply)(variables,
-                             jnp.asarray(_images(4, 16), jnp.float32) / 255.)
+  out = model.apply(variables, jnp.asarray(_images(4, 16), jnp.float32) / 255.)
   method = methods.make(c)
   info = ModelInfo(num_classes=5, num_train=10, embedding_dim=6,
                    feature_dims={k: int(v.shape[-1]) for k, v in out.items()})
@@ -278,7 +292,7 @@ def test_config_arguments():
 
 
 def test_reinitialise_layers():
-  model = models.build_model(_tiny_config("neta").model)
+  model = _build(_tiny_config("neta"))
   pretrained = _init(model, seed=0)
   pretrained = {**pretrained, "batch_stats": jax.tree_util.tree_map(
       lambda v: v + 1.0, pretrained["batch_stats"])}   # "trained" statistics
@@ -303,3 +317,29 @@ def test_reinitialise_layers():
     heads.reinitialise_layers(pretrained, fresh, ("conv6_1",))
   assert _config("netb").model.reinit_layers == "conv5_3,bn5_3"
   assert set(vgg.TORCHVISION_VGG16_BN_INDEX) >= {"conv5_3", "bn5_3"}
+
+
+# ---------------------------------------------------------------------------
+# experiments/vohays.py end to end.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quick_experiment_writes_table_curves_and_json(tmp_path):
+  out_dir = tmp_path / "results"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "vohays.py"),
+       "--quick", f"--workdir={tmp_path / 'runs'}", f"--out_dir={out_dir}"],
+      capture_output=True, text=True, timeout=1200, cwd=ROOT, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "NetA fc6" in proc.stdout and "NetD pool5_3" in proc.stdout
+  with open(out_dir / "vohays_quick.json") as f:
+    result = json.load(f)
+  assert (out_dir / "vohays_curves_quick.png").exists()
+  curves = result["curves"]["neta"][0]
+  assert curves["steps"] == [0, 20, 40, 60]
+  for split in ("train", "test", "test_l2"):
+    assert set(curves[split]) == {"pool5_1", "pool5_2", "pool5_3", "fc6"}
+    assert all(0 <= v <= 1 for v in curves[split]["fc6"])
+  # Trained beats the untrained network on the training classes.
+  assert curves["train"]["pool5_3"][-1] > curves["train"]["pool5_3"][0]

@@ -79,6 +79,7 @@ class Run:
   state: TrainState
   checkpointer: ckpt_lib.Checkpointer
   resumed: bool
+  _layer_fns: dict = dataclasses.field(default_factory=dict)
 
   def host_context(self, state_params, state_stats, epoch) -> HostContext:
     """The :class:`HostContext` for host-side method steps at ``epoch``."""
@@ -87,17 +88,26 @@ class Run:
 
     def embed(layer: str = "embedding", dataset=None) -> np.ndarray:
       ds = self.train_ds if dataset is None else dataset
-      fn = self.feature_fn if layer in ("embedding", "pooled") + self.layers else \
-          step_lib.make_feature_fn(self.model, cfg.data, (layer,))
-      return step_lib.extract_features(fn, variables, ds.images, self.mesh,
-                                       cfg.eval.batch_size)[layer]
+      return step_lib.extract_features(self.layer_fn(layer), variables, ds.images,
+                                       self.mesh, cfg.eval.batch_size)[layer]
 
     return HostContext(config=cfg, train=self.train_ds, embed=embed,
                        params=state_params["method"], epoch=epoch,
                        seed=_host_seed(cfg.seed, epoch), log=self.writer.log)
 
+  def layer_fn(self, layer: str):
+    """The jitted feature function that returns ``layer`` (one per layer
+    outside the evaluated set, compiled once and cached)."""
+    if layer in self.layers:
+      return self.feature_fn
+    if layer not in self._layer_fns:
+      self._layer_fns[layer] = step_lib.make_feature_fn(self.model, self.config.data,
+                                                        (layer,))
+    return self._layer_fns[layer]
+
   def evaluate(self, state, datasets):
-    """``({split: {layer: metrics}}, {split: {layer: features}})``."""
+    """``({split: {layer: metrics}}, {split: {layer: features}})`` for the
+    layers of ``eval.layers`` (plus ``embedding``, which methods read)."""
     variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
     return evaluate_lib.evaluate_datasets(self.feature_fn, variables, self.mesh,
                                           datasets, self.config.eval)
@@ -131,8 +141,8 @@ def setup(config, workdir: str, quiet: bool = False) -> Run:
   model, params, batch_stats, _, run_rng = create_model_and_state(
       config, train_ds, method, mesh)
   layers = evaluate_lib.parse_layers(config.eval.layers)
-  feature_fn = step_lib.make_feature_fn(
-      model, config.data, tuple(dict.fromkeys(layers + ("embedding", "pooled"))))
+  layers = tuple(dict.fromkeys(layers + ("embedding",)))
+  feature_fn = step_lib.make_feature_fn(model, config.data, layers)
   run = Run(config=config, workdir=workdir, writer=writer, mesh=mesh,
             train_ds=train_ds, test_ds=test_ds, method=method, model=model,
             feature_fn=feature_fn, layers=layers, sampler=None, steps_per_epoch=0,
