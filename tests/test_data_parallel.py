@@ -9,7 +9,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("loss_name", ["triplet_semihard", "contrastive", "margin"])
+@pytest.mark.parametrize("loss_name", [
+    "triplet_semihard",
+    pytest.param("contrastive", marks=pytest.mark.slow),
+    pytest.param("margin", marks=pytest.mark.slow)])
 def test_eight_devices_match_one(loss_name):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")

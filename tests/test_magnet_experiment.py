@@ -24,7 +24,13 @@ def _load_script():
   spec = importlib.util.spec_from_file_location("magnet_experiment_script",
                                                 path)
   module = importlib.util.module_from_spec(spec)
+  # Experiment scripts define absl flags at import; drop them again so two
+  # scripts loaded into one test process do not clash.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  before = set(flags.FLAGS)
   spec.loader.exec_module(module)
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
   return module
 
 
