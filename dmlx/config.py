@@ -57,6 +57,8 @@ def base_config() -> ConfigDict:
   c.model.aux_embedding_dim = 0     # MIC's auxiliary encoder E_β
   c.model.input_layer = "pooled"
   c.model.pretrained = ""           # path written by launch/convert_weights.py
+  c.model.reinit_layers = ""        # comma-separated layers put back to their fresh
+                                    # initialisation after loading pretrained weights (Vo & Hays NetB)
 
   # Method: dmlx.methods.<name>.make(config); 'loss' = a plain registry loss.
   c.method = ConfigDict()

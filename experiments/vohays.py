@@ -1,8 +1,11 @@
 """Vo & Hays (2019) at small scale: should the embedding layer be the embedding?
 
-  python experiments/vohays.py                 # full (~10-15 min on 2 cores)
-  python experiments/vohays.py --quick         # 1-2 minute smoke run
+  python experiments/vohays.py --seeds=2       # docs/results_vohays.md's run
+                                               # (14 min on 2 busy cores)
+  python experiments/vohays.py                 # 1 seed
+  python experiments/vohays.py --quick         # ~1 minute smoke run
   python experiments/vohays.py --dataset=procedural --variants=neta,netd
+  python experiments/vohays.py --from_json=experiments/results/vohays.json
 
 Trains Vo & Hays's variants (``configs/vohays.py``: NetA = pool5_3 → fc6 →
 loss, NetD = loss on pool5_3, NetE = pool5_3 → fc6 → fc7 → loss, and ``cls``,
@@ -25,12 +28,14 @@ Datasets (``--dataset``): ``omniglot`` (default; the 136-character
 characters, 20 drawings each: many classes with few images, the paper's
 regime), ``procedural`` (offline, ``configs/vohays_procedural.py``'s data)
 and ``tinyimagenet`` (the 101-class subset). Prints the per-layer table
-(like the paper's Table 2) and writes ``experiments/results/vohays[_quick].json``
-and ``vohays_curves[_quick].png``.
+(like the paper's Table 2) and writes
+``experiments/results/vohays[_<dataset>][_quick].json`` and
+``vohays_curves[_<dataset>][_quick].png`` (no dataset part for omniglot).
 """
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import sys
@@ -63,10 +68,12 @@ flags.DEFINE_string("jax_cache", "/tmp/dmlx_vohays_jax_cache", "Persistent "
                     "XLA compilation cache (seeds and the checkpoint "
                     "evaluation reuse the training run's compilations); '' = "
                     "off.")
+flags.DEFINE_string("from_json", "", "Re-print the table and re-draw the "
+                    "curves of an earlier run's JSON instead of training.")
 flags.DEFINE_string("out_dir", os.path.join(common.ROOT, "experiments",
                                             "results"), "Outputs.")
 
-TABLE_LAYERS = ("pool5_2", "pool5_3", "fc6", "fc7", "fc8")
+TABLE_LAYERS = ("pool5_1", "pool5_2", "pool5_3", "fc6", "fc7", "fc8")
 NAMES = {"neta": "NetA", "netb": "NetB", "netc": "NetC", "netd": "NetD",
          "nete": "NetE", "netf": "NetF", "cls": "Classification"}
 
@@ -227,6 +234,12 @@ def main(argv):
   if FLAGS.jax_cache:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_compilation_cache_dir", FLAGS.jax_cache)
+  if FLAGS.from_json:
+    with open(FLAGS.from_json) as f:
+      saved = json.load(f)
+    report(saved["curves"], saved["dataset"], saved["epochs"] *
+           saved["steps_per_epoch"], saved["seeds"], saved["quick"])
+    return
   variants = [v.strip() for v in FLAGS.variants.split(",") if v.strip()]
   epochs, steps, seeds = FLAGS.epochs, FLAGS.steps_per_epoch, FLAGS.seeds
   if FLAGS.quick:
@@ -249,23 +262,36 @@ def main(argv):
       print(f"{variant} seed {seed}: {final['seconds']:.0f}s, test R@1 {last}",
             flush=True)
 
-  rows = final_table(curves)
-  desc = (f"{FLAGS.dataset}, VGG16-BN/8 from scratch, {epochs * steps} "
-          f"iterations, {seeds} seed(s); R@1 with cosine on L2-normalised "
-          "features")
-  print(f"\nPer-layer Recall@1 after training ({desc}):")
-  print(common.table(rows))
-  suffix = "_quick" if FLAGS.quick else ""
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  png = os.path.join(FLAGS.out_dir, f"vohays_curves{suffix}.png")
-  plot_curves(curves, png, desc)
+  rows = report(curves, FLAGS.dataset, epochs * steps, seeds, FLAGS.quick)
   common.save_json({
       "dataset": FLAGS.dataset, "quick": FLAGS.quick, "variants": variants,
       "epochs": epochs, "steps_per_epoch": steps, "seeds": seeds,
       "overrides": {k: str(v) for k, v in overrides.items()},
       "table": rows, "curves": curves, "seconds": seconds},
-      os.path.join(FLAGS.out_dir, f"vohays{suffix}.json"))
+      os.path.join(FLAGS.out_dir,
+                   f"vohays{_suffix(FLAGS.dataset, FLAGS.quick)}.json"))
+
+
+def _suffix(dataset: str, quick: bool) -> str:
+  """'' for the default dataset, else '_<dataset>'; then '_quick'."""
+  return ("" if dataset == "omniglot" else f"_{dataset}") + (
+      "_quick" if quick else "")
+
+
+def report(curves: dict, dataset: str, iterations: int, seeds: int,
+           quick: bool) -> dict:
+  """Prints the final per-layer table, draws the curves; returns the rows."""
+  rows = final_table(curves)
+  desc = (f"{dataset}, VGG16-BN/8 from scratch, {iterations} iterations, "
+          f"{seeds} seed(s); R@1 with cosine on L2-normalised features")
+  print(f"\nPer-layer Recall@1 after training ({desc}):")
+  print(common.table(rows))
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  png = os.path.join(FLAGS.out_dir,
+                     f"vohays_curves{_suffix(dataset, quick)}.png")
+  plot_curves(curves, png, desc)
   print(f"wrote {png}")
+  return rows
 
 
 if __name__ == "__main__":

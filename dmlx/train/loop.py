@@ -54,9 +54,14 @@ def create_model_and_state(config, train_ds, method, mesh):
   params = {"model": variables["params"], "method": method.init_params(k_method, info)}
   if config.model.pretrained:
     from dmlx.models import pretrained  # pylint: disable=g-import-not-at-top
-    params["model"], batch_stats = pretrained.load_into(
+    fresh = {"params": params["model"], "batch_stats": variables.get("batch_stats", {})}
+    loaded_params, batch_stats = pretrained.load_into(
         config.model.pretrained, params["model"], variables.get("batch_stats", {}))
-    variables = {**variables, "batch_stats": batch_stats}
+    loaded = {"params": loaded_params, "batch_stats": batch_stats}
+    if config.model.reinit_layers:
+      loaded = models.heads.reinitialise_layers(loaded, fresh, config.model.reinit_layers)
+    params["model"] = loaded["params"]
+    variables = {**variables, "batch_stats": loaded["batch_stats"]}
   return model, params, variables.get("batch_stats", {}), info, k_run
 
 
