@@ -43,6 +43,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dmlx.config import base_config
+from dmlx.config import procedural_data
 
 LOSSES = ("contrastive", "npair", "triplet")
 DATASETS = ("cars", "cub", "sop", "procedural")
@@ -140,16 +141,8 @@ def _procedural_data(c: ConfigDict) -> None:
   """Small offline stand-in: 48 procedural classes (24 train, 24 unseen test)
   of 30 images at 24 px, a 3-block small CNN, 10 classes × 6 images a batch,
   192 steps (about a minute on a CPU)."""
-  c.data.name = "procedural"
+  procedural_data(c)
   c.data.split = "zero_shot"
-  c.data.options.num_classes = 48
-  c.data.options.per_class = 30
-  c.data.options.seed = 0
-  c.data.image_size = 28
-  c.data.crop_size = 24
-  c.data.flip = True
-  c.data.mean = (0.45, 0.45, 0.45)
-  c.data.std = (0.3, 0.3, 0.3)
   c.sampler.name = "pk"
   c.sampler.classes_per_batch = 10
   c.sampler.images_per_class = 6

@@ -64,6 +64,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dmlx.config import base_config
+from dmlx.config import procedural_data
 
 DATASETS = ("cub", "cars", "sop", "inshop", "procedural")
 
@@ -155,17 +156,9 @@ def _procedural(c: ConfigDict) -> None:
   with ``experiments/mic.py --gamma_sweep=0,15,50,150`` (best Recall@1 and
   NMI there, see docs/results_mic.md).
   """
-  c.data.name = "procedural"
+  procedural_data(c)
   c.data.split = "zero_shot"
   c.data.train_class_fraction = 0.5
-  c.data.options.num_classes = 48
-  c.data.options.per_class = 30
-  c.data.options.seed = 0
-  c.data.image_size = 28
-  c.data.crop_size = 24
-  c.data.flip = True
-  c.data.mean = (0.45, 0.45, 0.45)
-  c.data.std = (0.3, 0.3, 0.3)
   c.sampler.classes_per_batch = 16
   c.sampler.images_per_class = 4
   c.model.backbone = "small_cnn"

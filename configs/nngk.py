@@ -68,6 +68,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dmlx.config import base_config
+from dmlx.config import procedural_data
 from dmlx.data.splits import SPLIT_CODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -187,15 +188,7 @@ def _procedural(c: ConfigDict, classification: bool) -> None:
   randomly initialised network moves fast; the paper's 1-10 epochs are for
   fine-tuning). k = 100 neighbours as in the paper.
   """
-  c.data.name = "procedural"
-  c.data.options.num_classes = 48
-  c.data.options.per_class = 30
-  c.data.options.seed = 0
-  c.data.image_size = 28
-  c.data.crop_size = 24
-  c.data.flip = True
-  c.data.mean = (0.45, 0.45, 0.45)
-  c.data.std = (0.3, 0.3, 0.3)
+  procedural_data(c)
   if classification:
     c.data.split = "classification"
     c.data.train_fraction = 0.5

@@ -13,6 +13,7 @@ its hyper-parameters (the values their papers use for L2-normalised
 embeddings, not tuned on the test classes) differ.
 """
 from dmlx.config import base_config
+from dmlx.config import procedural_data
 
 # loss name -> (hyper-parameters, config overrides)
 LOSSES = {
@@ -37,14 +38,7 @@ def get_config(arg: str = "triplet_semihard"):
   if arg not in LOSSES:
     raise ValueError(f"Unknown variant {arg!r}; expected one of {sorted(LOSSES)}.")
   c = base_config()
-  c.data.name = "procedural"
-  c.data.image_size = 36
-  c.data.crop_size = 32
-  c.data.flip = True
-  c.data.options.num_classes = 120
-  c.data.options.per_class = 40
-  c.data.mean = (0.45, 0.45, 0.45)
-  c.data.std = (0.3, 0.3, 0.3)
+  procedural_data(c, num_classes=120, per_class=40, image_size=36, crop_size=32)
   c.sampler.classes_per_batch = 16
   c.sampler.images_per_class = 4
   c.model.backbone = "small_cnn"

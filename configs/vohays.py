@@ -61,6 +61,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from dmlx.config import base_config
+from dmlx.config import procedural_data
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,18 +166,10 @@ def _procedural(c: ConfigDict) -> None:
   32 px, a VGG16-BN of 1/8 width (8..64 channels, so pool5_3 and every fc
   layer are 64-d) without its first max pool (conv5 maps stay 4 × 4), from
   scratch, 16 classes × 2 images per batch."""
-  c.data.name = "procedural"
+  procedural_data(c, num_classes=60, per_class=40, image_size=36, crop_size=32)
   c.data.split = "zero_shot"
   c.data.train_class_fraction = 0.5
   c.data.num_train_classes = 0
-  c.data.options.num_classes = 60
-  c.data.options.per_class = 40
-  c.data.options.seed = 0
-  c.data.image_size = 36
-  c.data.crop_size = 32
-  c.data.flip = True
-  c.data.mean = (0.45, 0.45, 0.45)
-  c.data.std = (0.3, 0.3, 0.3)
   c.sampler.name = "pk"
   c.sampler.classes_per_batch = 16
   c.sampler.images_per_class = 2

@@ -106,3 +106,19 @@ def base_config() -> ConfigDict:
   c.eval.train_subset = 2000        # examples of the training set for train-set recall
   c.eval.untrained_baseline = True
   return c
+
+
+def procedural_data(c: ConfigDict, *, num_classes: int = 48, per_class: int = 30,
+                    image_size: int = 28, crop_size: int = 24, seed: int = 0) -> None:
+  """Points ``c.data`` at the offline procedural dataset (random crops of
+  ``crop_size`` from ``image_size`` images, flips, its normalisation); the
+  split is left to the caller. Shared by every offline config."""
+  c.data.name = "procedural"
+  c.data.options.num_classes = num_classes
+  c.data.options.per_class = per_class
+  c.data.options.seed = seed
+  c.data.image_size = image_size
+  c.data.crop_size = crop_size
+  c.data.flip = True
+  c.data.mean = (0.45, 0.45, 0.45)
+  c.data.std = (0.3, 0.3, 0.3)
