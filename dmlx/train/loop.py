@@ -273,10 +273,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   # ---- Final evaluation -------------------------------------------------------
   results, feats = run.evaluate(state, train_eval)
   final = {"trained": results, "untrained": untrained, "steps": int(state.step)}
+  ctx = run.host_context(state.params, state.batch_stats, config.train.epochs)
   if method.evaluate is not None:
-    ctx = run.host_context(state.params, state.batch_stats, config.train.epochs)
     final["method"] = method.evaluate(ctx, _to_host(state.method_state), test_ds,
                                       feats["test"]["embedding"])
+  if tuple(test_ds.class_names) == tuple(train_ds.class_names):
+    # A classification split: the test images' classes are the training
+    # classes, so nearest-neighbour classification against the training set
+    # is the embedding's own classifier (NNGK's and Magnet's comparison).
+    final.setdefault("method", {})["1nn_accuracy"] = float(dmlx_eval.knn_accuracy(
+        ctx.embed("embedding"), train_ds.labels, feats["test"]["embedding"],
+        test_ds.labels, k=1))
   writer.write(int(state.step), evaluate_lib.flatten(results), "final/")
   with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
     json.dump(final, f, indent=2)

@@ -1,0 +1,174 @@
+"""The real-data study's configs (``configs/real_data.py`` and its
+``omniglot_*`` / ``tinyimagenet_*`` wrappers), a short run of one through the
+trainer on an Omniglot-layout archive written here, and the classification
+numbers the study reports (a classifier loss's own accuracy, 1-NN accuracy)."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from dmlx.methods import loss as loss_method
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _module(path):
+  spec = importlib.util.spec_from_file_location(
+      os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+SHARED = _module(os.path.join(ROOT, "configs", "real_data.py"))
+WRAPPERS = sorted(glob.glob(os.path.join(ROOT, "configs", "omniglot_*.py")) +
+                  glob.glob(os.path.join(ROOT, "configs", "tinyimagenet_*.py")))
+
+# What every method of one dataset must share: the equal budget.
+SHARED_KEYS = ("data", "model.backbone", "model.backbone_kwargs",
+               "model.embedding_dim", "optim.lr", "optim.name",
+               "optim.schedule", "train.epochs", "train.steps_per_epoch")
+
+
+def _get(config, key):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def test_every_method_has_a_wrapper_per_dataset():
+  names = {os.path.basename(p)[:-3] for p in WRAPPERS}
+  expected = {f"{d}_{m}" for d in SHARED.DATASETS for m in SHARED.METHODS}
+  assert names == expected
+
+
+@pytest.mark.parametrize("path", WRAPPERS, ids=os.path.basename)
+def test_wrappers_share_data_network_and_budget(path):
+  dataset, method = os.path.basename(path)[:-3].split("_", 1)
+  config = _module(path).get_config()
+  reference = SHARED.get_config(f"{dataset},triplet_semihard")
+  for key in SHARED_KEYS:
+    assert _get(config, key) == _get(reference, key), key
+  batch = config.sampler.classes_per_batch * config.sampler.images_per_class
+  if config.method.name == "magnet":
+    batch = config.method.M * config.method.D
+  elif config.sampler.name == "random":
+    batch = config.sampler.batch_size
+  assert batch == 64, (method, batch)
+  assert config.data.validation_classes == 0
+  val = _module(path).get_config("val")
+  assert val.data.validation_classes > 0
+  assert f"--config=configs/{os.path.basename(path)}" in _module(path).__doc__
+
+
+def test_protocols_and_bad_arguments():
+  cls = SHARED.get_config("tinyimagenet,nngk,cls")
+  assert cls.data.split == "classification" and cls.method.name == "nngk"
+  omni = SHARED.get_config("omniglot,magnet")
+  assert (omni.data.split, omni.data.split_attribute) == ("by_attribute",
+                                                          "alphabet")
+  assert not omni.data.flip and omni.data.options.channels == 1
+  with pytest.raises(ValueError, match="'cls' protocol is for tinyimagenet"):
+    SHARED.get_config("omniglot,nngk,cls")
+  with pytest.raises(ValueError, match="unknown method 'tripplet'"):
+    SHARED.get_config("omniglot,tripplet")
+  with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+    SHARED.get_config("mnist,nngk")
+  with pytest.raises(ValueError, match="must be"):
+    SHARED.get_config("omniglot")
+
+
+def _write_omniglot(folder: pathlib.Path, alphabets, characters=3, drawers=4):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for a in alphabets:
+    for ch in range(1, characters + 1):
+      for d in range(1, drawers + 1):
+        img = np.full((20, 20), 255, np.uint8)
+        img[3 * ch: 3 * ch + 3, 2:18] = 0                 # the character
+        img[rng.integers(0, 20), rng.integers(0, 20)] = 0  # the drawer's noise
+        p = folder / a / f"character{ch:02d}" / f"{ch:02d}{len(a):02d}_{d:02d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).convert("1").save(p)
+
+
+def test_omniglot_config_trains_end_to_end(tmp_path):
+  """The Omniglot config, shrunk, on an archive in the official layout:
+  unseen alphabets are the test classes and the trainer reports them."""
+  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "images_background"
+  _write_omniglot(root, ["Alpha", "Beta", "Gamma", "Delta"])
+  config = SHARED.get_config("omniglot,nngk")
+  config.data.data_dir = str(tmp_path)
+  config.data.image_size, config.data.crop_size = 12, 8
+  config.model.backbone_kwargs.width = 4
+  config.model.backbone_kwargs.num_blocks = 2
+  config.model.embedding_dim = 8
+  config.sampler.batch_size = 8
+  config.train.epochs, config.train.steps_per_epoch = 2, 2
+  config.train.progress = False
+  config.eval.ks = (1, 2)
+  final = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  test = final["trained"]["test"]["embedding"]
+  assert final["steps"] == 4
+  assert 0.0 <= test["recall@1"] <= 1.0 and 0.0 <= test["nmi"] <= 1.0
+  # Delta is the unseen alphabet: 3 characters; no classification numbers.
+  assert "1nn_accuracy" not in (final.get("method") or {})
+
+
+def test_classifier_logits_match_the_losses():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(6, 4))
+  kernel, bias = rng.normal(size=(4, 3)), rng.normal(size=3)
+  np.testing.assert_allclose(
+      loss_method.classifier_logits("softmax", {"kernel": kernel, "bias": bias},
+                                    x), x @ kernel + bias)
+  cos = loss_method.classifier_logits("normalized_softmax", {"kernel": kernel},
+                                      x)
+  ref = np.array([[xi @ kernel[:, c] / np.linalg.norm(xi) /
+                   np.linalg.norm(kernel[:, c]) for c in range(3)] for xi in x])
+  np.testing.assert_allclose(cos, ref)
+  proxies = rng.normal(size=(3, 4))
+  # An embedding along a proxy is classified as that proxy's class.
+  scores = loss_method.classifier_logits("proxy_nca", {"proxies": proxies},
+                                         2.5 * proxies)
+  np.testing.assert_array_equal(np.argmax(scores, 1), [0, 1, 2])
+  with pytest.raises(ValueError, match="'margin'"):
+    loss_method.classifier_logits("margin", {}, x)
+
+
+def test_classification_split_reports_classifier_and_1nn_accuracy(tmp_path):
+  """A softmax run on a classification split (test images of the training
+  classes) reports its classifier's accuracy and the embedding's 1-NN
+  accuracy; both far above chance (0.1) on scikit-learn's digits."""
+  from dmlx.config import base_config  # pylint: disable=g-import-not-at-top
+  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  c.data.name = "digits"
+  c.data.image_size, c.data.crop_size, c.data.flip = 16, 0, False
+  c.data.mean, c.data.std = (0.2,), (0.35,)
+  c.data.split = "classification"
+  c.data.train_fraction = 0.5
+  c.model.backbone = "small_cnn"
+  c.model.backbone_kwargs.width = 8
+  c.model.backbone_kwargs.num_blocks = 2
+  c.model.embedding_dim = 8
+  c.loss.name = "softmax"
+  c.loss.kwargs = {}
+  c.sampler.classes_per_batch, c.sampler.images_per_class = 10, 4
+  c.optim.lr = 3e-3
+  c.train.epochs, c.train.steps_per_epoch = 1, 60
+  c.train.progress = False
+  c.eval.ks = (1,)
+  c.eval.metrics = ("recall",)
+  final = loop.train_and_evaluate(c, str(tmp_path))
+  accuracy = final["method"]
+  assert set(accuracy) == {"classifier_accuracy", "1nn_accuracy"}
+  assert accuracy["classifier_accuracy"] > 0.5
+  assert accuracy["1nn_accuracy"] > 0.5
