@@ -147,10 +147,11 @@ def _smooth_triplet(c: ConfigDict) -> None:
 
 
 def _nngk(c: ConfigDict) -> None:
-  """NNGK (Meyer et al. 2018): unnormalised embedding, σ = 1 (squared
-  distances to the nearest centre start near 0.3 for this head), k = 100
-  nearest centres, bank rebuilt every epoch (a randomly initialised network
-  moves fast; the paper's 1-10 epochs are for fine-tuning); random batches."""
+  """NNGK (Meyer et al. 2018): unnormalised embedding, k = 100 nearest
+  centres, bank rebuilt every epoch (a randomly initialised network moves
+  fast; the paper's 1-10 epochs are for fine-tuning); random batches. σ = 1
+  (configs/nngk.py's offline choice) kept on Omniglot's validation characters
+  (seed 0, R@1 / MAP@R): σ = 1 0.893 / 0.548, σ = 3 0.893 / 0.546."""
   _configs("nngk.py")["method"](c, sigma=1.0, num_neighbours=100,
                                 update_interval=1)
   c.sampler.batch_size = BATCH[0] * BATCH[1]
@@ -159,12 +160,14 @@ def _nngk(c: ConfigDict) -> None:
 def _magnet(c: ConfigDict) -> None:
   """Magnet (Rippel et al. 2016): M = 16 clusters × D = 4 examples (the
   paper's D, M raised from 12 so a batch holds 64 images like the others),
-  K = 2 clusters per class (20 Omniglot images per class; the paper picks K by
-  class size), α = 1, index refreshed every epoch, L = 128 for kNC."""
+  α = 1, index refreshed every epoch, L = 128 for kNC. K = 4 clusters per
+  class, chosen on Omniglot's validation characters by Recall@1 (seed 0,
+  R@1 / MAP@R / NMI): K = 2 0.871 / 0.576 / 0.791, K = 4 0.889 / 0.539 /
+  0.670 (triplet semi-hard 0.929 / 0.687 / 0.813)."""
   c.method.name = "magnet"
   c.method.M = 16
   c.method.D = 4
-  c.method.K = 2
+  c.method.K = 4
   c.method.alpha = 1.0
   c.method.refresh_every = 1
   c.method.L = 128
@@ -179,10 +182,12 @@ def _magnet(c: ConfigDict) -> None:
 
 def _mic(c: ConfigDict) -> None:
   """MIC + margin loss (Roth et al. 2019): 32-d E_β, C = 30 surrogate
-  classes (CUB's value: 70 / 50 training classes here), γ = 15 (l_d scales
-  like 1/D², so 15 at D = 64 is ≈ 60 at the paper's D = 128), re-clustering
-  every 2 epochs."""
-  _configs("mic.py")["_method"](c, num_clusters=30, gamma=15.0,
+  classes (CUB's value), re-clustering every 2 epochs. γ = 60 (l_d scales like
+  1/D², so 60 at D = 64 is ≈ 240 at the paper's D = 128, the authors' SOP
+  value), chosen on Omniglot's validation characters by Recall@1 (seed 0,
+  R@1 / MAP@R; the margin loss alone 0.946 / 0.679): γ = 0 (surrogate task
+  only) 0.904 / 0.574, γ = 15 0.911 / 0.595, γ = 60 0.932 / 0.591."""
+  _configs("mic.py")["_method"](c, num_clusters=30, gamma=60.0,
                                 refresh_every=2, alternate=False)
   c.model.aux_embedding_dim = 32
   c.optim.method_lr_mult = 10.0
@@ -200,7 +205,11 @@ def _dmlda(loss: str, regularizer: str, lam: float):
   return apply
 
 
-DMLDA_LAMBDA = 1.0
+# λ of eq. (9), chosen on Omniglot's 14 validation characters (seed 0,
+# R@1 / MAP@R; the base loss alone 0.900 / 0.595): λ = 0.1 0.879 / 0.553,
+# λ = 1 0.689 / 0.222, λ = 10 (the paper's) 0.500 / 0.127. Every λ > 0 is
+# worse than none here; 0.1 is the least harmful.
+DMLDA_LAMBDA = 0.1
 
 METHODS = {
     # Baselines.

@@ -521,7 +521,7 @@ def train_pml(config, loss: str, workdir: str, threads: int = 1, *,
 
 
 def load_config(arg: str, steps: int = 0, seed: int | None = None,
-                data_dir: str = ""):
+                data_dir: str = "", cache_dir: str = ""):
   """``configs/real_data.py``'s ``get_config(arg)``; ``steps > 0`` sets
   ``train.epochs = 1, train.steps_per_epoch = steps``; ``seed`` and
   ``data_dir`` override ``config.seed`` / ``config.data.data_dir``."""
@@ -533,6 +533,8 @@ def load_config(arg: str, steps: int = 0, seed: int | None = None,
     config.seed = seed
   if data_dir:
     config.data.data_dir = data_dir
+  if cache_dir:
+    config.data.cache_dir = cache_dir
   return config
 
 
@@ -547,6 +549,8 @@ def _define_flags():
   flags.DEFINE_integer("seed", None, "Overrides config.seed.")
   flags.DEFINE_integer("threads", 1, "torch.set_num_threads.")
   flags.DEFINE_string("data_dir", "", "Overrides config.data.data_dir.")
+  flags.DEFINE_string("cache_dir", "", "config.data.cache_dir (decoded "
+                      "images cached as .npz).")
   flags.DEFINE_enum("init", "dmlx", list(INITS), "Initial weights: the dmlx "
                     "network's (flax init copied) or PyTorch's defaults.")
   flags.mark_flag_as_required("workdir")
@@ -556,7 +560,8 @@ def _define_flags():
 def main(argv) -> None:
   del argv
   from dmlx import eval as dmlx_eval
-  config = load_config(FLAGS.config_arg, FLAGS.steps, FLAGS.seed, FLAGS.data_dir)
+  config = load_config(FLAGS.config_arg, FLAGS.steps, FLAGS.seed, FLAGS.data_dir,
+                       FLAGS.cache_dir)
   final = train_pml(config, FLAGS.loss, FLAGS.workdir, FLAGS.threads,
                     init=FLAGS.init, verbose=True)
   print(f"\n{final['library']}, {final['loss']} on {FLAGS.config_arg} "

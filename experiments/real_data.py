@@ -63,6 +63,9 @@ flags.DEFINE_multi_string("set", [], "Config override key=value (a Python "
 flags.DEFINE_string("tag", "", "Suffix of the run folders of --set runs.")
 flags.DEFINE_string("data_dir", "", "Overrides config.data.data_dir.")
 flags.DEFINE_integer("workers", 2, "Runs at once, each pinned to one core.")
+flags.DEFINE_string("cores", "", "Comma-separated cores to pin runs to "
+                    "(default: the first --workers cores this process may "
+                    "use).")
 flags.DEFINE_bool("report_only", False, "Only print the tables of the saved "
                   "runs.")
 flags.DEFINE_string("workdir", "/tmp/dmlx_real_data", "Where runs go.")
@@ -90,7 +93,8 @@ def dmlx_command(method: str, seed: int, workdir: str) -> list[str]:
   cmd = [sys.executable, os.path.join(common.ROOT, "launch", "train.py"),
          f"--config={os.path.join(common.ROOT, 'configs', 'real_data.py')}:{arg}",
          f"--workdir={workdir}", f"--config.seed={seed}",
-         "--config.train.progress=False"]
+         "--config.train.progress=False",
+         f"--config.data.cache_dir={os.path.join(FLAGS.workdir, 'cache')}"]
   if FLAGS.data_dir:
     cmd.append(f"--config.data.data_dir={FLAGS.data_dir}")
   for item in FLAGS.set:
@@ -105,7 +109,7 @@ def pml_command(loss: str, seed: int, workdir: str) -> list[str]:
                                       "pml_reference.py"),
          f"--config_arg={FLAGS.dataset},triplet_semihard,{FLAGS.protocol}",
          f"--loss={loss}", f"--workdir={workdir}", f"--seed={seed}",
-         "--threads=1"]
+         "--threads=1", f"--cache_dir={os.path.join(FLAGS.workdir, 'cache')}"]
   if FLAGS.data_dir:
     cmd.append(f"--data_dir={FLAGS.data_dir}")
   return cmd
@@ -117,8 +121,11 @@ def run_all(jobs: list[tuple[str, list[str], str]], workers: int) -> None:
   todo = [j for j in jobs
           if not os.path.exists(os.path.join(j[2], "final_metrics.json"))]
   print(f"{len(jobs) - len(todo)} runs done, {len(todo)} to run", flush=True)
-  cores = os.sched_getaffinity(0)
-  free = list(sorted(cores))[:max(workers, 1)]
+  if FLAGS.cores:
+    free = [int(c) for c in FLAGS.cores.split(",")]
+  else:
+    free = list(sorted(os.sched_getaffinity(0)))[:max(workers, 1)]
+  workers = min(workers, len(free))
 
   def work(job):
     name, cmd, workdir = job
@@ -191,7 +198,7 @@ def collect(names: list[str], seeds: list[int]) -> dict:
       metrics = dict(final["trained"]["test"]["embedding"])
       metrics.update(final.get("method") or {})
       runs.append(metrics)
-      seconds.append(final.get("seconds", float("nan")))
+      seconds.append(final.get("train_seconds", float("nan")))
       if final.get("untrained") and name == names[0]:
         untrained.append(final["untrained"]["test"]["embedding"])
     if runs:

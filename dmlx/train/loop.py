@@ -180,7 +180,9 @@ def setup(config, workdir: str, quiet: bool = False) -> Run:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint)
-  and returns the final metrics, also written to ``final_metrics.json``."""
+  and returns the final metrics, also written to ``final_metrics.json``
+  (with ``seconds``: wall time of this call, set-up to final evaluation)."""
+  t_start = time.time()
   run = setup(config, workdir)
   writer, log, mesh, method = run.writer, run.writer.log, run.mesh, run.method
   train_ds, test_ds, sampler = run.train_ds, run.test_ds, run.sampler
@@ -208,6 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_eval = {"train": evaluate_lib.subsample(train_ds, config.eval.train_subset,
                                                 config.seed), "test": test_ds}
   progress = None
+  t_train = time.time()
   for epoch in range(start // steps_per_epoch, config.train.epochs):
     first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
     if (first == 0 and epoch > 0 and method.refresh is not None and
@@ -271,6 +274,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           f"{_summary(periodic['train'])}")
 
   # ---- Final evaluation -------------------------------------------------------
+  train_seconds = time.time() - t_train    # steps, host refreshes, periodic evals
   results, feats = run.evaluate(state, train_eval)
   final = {"trained": results, "untrained": untrained, "steps": int(state.step)}
   ctx = run.host_context(state.params, state.batch_stats, config.train.epochs)
@@ -285,8 +289,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         ctx.embed("embedding"), train_ds.labels, feats["test"]["embedding"],
         test_ds.labels, k=1))
   writer.write(int(state.step), evaluate_lib.flatten(results), "final/")
-  with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+  final["seconds"] = time.time() - t_start
+  final["train_seconds"] = train_seconds
+  path = os.path.join(workdir, "final_metrics.json")
+  with open(path + ".tmp", "w") as f:     # atomic: a finished run's marker
     json.dump(final, f, indent=2)
+  os.replace(path + ".tmp", path)
   print(report(final, test_ds.num_classes), flush=True)
   checkpointer.close()
   writer.close()
