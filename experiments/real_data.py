@@ -72,7 +72,8 @@ flags.DEFINE_string("workdir", "/tmp/dmlx_real_data", "Where runs go.")
 flags.DEFINE_string("out_dir", os.path.join(common.ROOT, "experiments",
                                             "results"), "Summary outputs.")
 
-METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r",
+           "train recall@1")
 CLS_METRICS = ("classifier_accuracy", "nngk_accuracy", "knc_accuracy",
                "knn_accuracy", "1nn_accuracy")
 
@@ -182,29 +183,62 @@ def raw_pixels() -> dict:
   return out
 
 
-def collect(names: list[str], seeds: list[int]) -> dict:
-  """``{row: {'runs': [metrics per seed], 'seconds': [...]}}`` of the saved
-  runs (rows without a finished run are left out)."""
+def saved_rows() -> list[str]:
+  """Every run folder saved for ``--dataset`` / ``--protocol``, in the order
+  of ``configs/real_data.py``'s METHODS (tagged variants after their method),
+  then the pytorch-metric-learning runs."""
+  root = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol)
+  found = sorted(d for d in os.listdir(root)
+                 if os.path.isdir(os.path.join(root, d))) if os.path.isdir(
+                     root) else []
+  methods = _method_names()
+  order = {m: i for i, m in enumerate(methods)}
+
+  def key(name):
+    if name.startswith("pml_"):
+      return (len(methods), name)
+    base = max((m for m in methods if name == m or name.startswith(m + "_")),
+               key=len, default=name)
+    return (order.get(base, len(methods) - 1), name)
+  return sorted((d for d in found if d != "cache"), key=key)
+
+
+def _method_names() -> list[str]:
+  import runpy  # pylint: disable=g-import-not-at-top
+  shared = runpy.run_path(os.path.join(common.ROOT, "configs", "real_data.py"))
+  return list(shared["METHODS"])
+
+
+def collect(names: list[str]) -> dict:
+  """``{row: {'runs': [metrics per seed], 'seconds': [...], 'seeds': [...]}}``
+  of the saved runs (every ``seed<k>`` folder with a final_metrics.json)."""
   rows = {}
   untrained = []
+  root = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol)
   for name in names:
-    runs, seconds = [], []
-    for seed in seeds:
-      path = os.path.join(run_dir(name, seed), "final_metrics.json")
-      if not os.path.exists(path):
+    runs, seconds, seeds = [], [], []
+    folder = os.path.join(root, name)
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+      path = os.path.join(folder, entry, "final_metrics.json")
+      if not entry.startswith("seed") or not os.path.exists(path):
         continue
       with open(path) as f:
         final = json.load(f)
       metrics = dict(final["trained"]["test"]["embedding"])
       metrics.update(final.get("method") or {})
+      if "train" in final["trained"]:
+        metrics["train recall@1"] = final["trained"]["train"]["embedding"][
+            "recall@1"]
       runs.append(metrics)
+      seeds.append(int(entry[4:]))
       seconds.append(final.get("train_seconds", float("nan")))
-      if final.get("untrained") and name == names[0]:
+      if final.get("untrained") and name == "triplet_semihard":
         untrained.append(final["untrained"]["test"]["embedding"])
     if runs:
-      rows[name] = {"runs": runs, "seconds": seconds}
+      rows[name] = {"runs": runs, "seconds": seconds, "seeds": seeds}
   if untrained:
-    rows = {"untrained network": {"runs": untrained, "seconds": []}, **rows}
+    rows = {"untrained network": {"runs": untrained, "seconds": [],
+                                  "seeds": []}, **rows}
   return rows
 
 
@@ -226,11 +260,11 @@ def summarise(rows: dict, metrics) -> dict:
 def markdown(summary: dict, metrics) -> str:
   cols = [m for m in metrics if any(m in c for c in summary.values())]
   has_time = any("seconds" in c for c in summary.values())
-  head = ["method", *cols] + (["train s"] if has_time else [])
+  head = ["method", "n", *cols] + (["train s"] if has_time else [])
   lines = ["| " + " | ".join(head) + " |",
            "|" + "---|" * len(head)]
   for name, cells in summary.items():
-    row = [name]
+    row = [name, str(max((c[2] for c in cells.values()), default=0))]
     for m in cols:
       if m in cells:
         mean, std, n = cells[m]
@@ -251,8 +285,6 @@ def main(argv) -> None:
   if FLAGS.set and not FLAGS.tag:
     raise ValueError("--set needs --tag so its runs do not mix with the "
                      "default runs.")
-  names = [m + (f"_{FLAGS.tag}" if FLAGS.tag else "") for m in methods]
-  names += [f"pml_{l}" for l in pml]
   if not FLAGS.report_only:
     jobs = []
     for seed in seeds:                  # seed-major: every method gets seed 0
@@ -263,7 +295,7 @@ def main(argv) -> None:
         d = run_dir(f"pml_{l}", seed)
         jobs.append((f"pml {l} seed {seed}", pml_command(l, seed, d), d))
     run_all(jobs, FLAGS.workers)
-  rows = collect(names, seeds)
+  rows = collect(saved_rows())
   metrics = METRICS + (CLS_METRICS if FLAGS.protocol == "cls" else ())
   summary = summarise(rows, metrics)
   pixels_path = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol,
@@ -276,11 +308,9 @@ def main(argv) -> None:
                            if m in metrics}
   text = markdown(summary, metrics)
   print(f"\n{FLAGS.dataset}, protocol {FLAGS.protocol} (mean ± std over "
-        f"seeds {seeds}):\n{text}")
-  suffix = f"{FLAGS.dataset}_{FLAGS.protocol}" + (f"_{FLAGS.tag}"
-                                                   if FLAGS.tag else "")
+        f"the saved seeds; n = seeds per row):\n{text}")
+  suffix = f"{FLAGS.dataset}_{FLAGS.protocol}"
   common.save_json({"dataset": FLAGS.dataset, "protocol": FLAGS.protocol,
-                    "seeds": seeds, "set": FLAGS.set,
                     "runs": {n: r for n, r in rows.items()},
                     "summary": summary},
                    os.path.join(FLAGS.out_dir, f"real_data_{suffix}.json"))

@@ -172,3 +172,57 @@ def test_classification_split_reports_classifier_and_1nn_accuracy(tmp_path):
   assert set(accuracy) == {"classifier_accuracy", "1nn_accuracy"}
   assert accuracy["classifier_accuracy"] > 0.5
   assert accuracy["1nn_accuracy"] > 0.5
+
+
+def _final(r1, train_r1=None, seconds=None, method=None, untrained=None):
+  final = {"trained": {"test": {"embedding": {"recall@1": r1, "nmi": 0.5}}},
+           "steps": 3}
+  if train_r1 is not None:
+    final["trained"]["train"] = {"embedding": {"recall@1": train_r1}}
+  if seconds is not None:
+    final["train_seconds"] = seconds
+  if method:
+    final["method"] = method
+  if untrained is not None:
+    final["untrained"] = {"test": {"embedding": {"recall@1": untrained}}}
+  return final
+
+
+def test_experiment_tables_summarise_every_saved_run(tmp_path):
+  """experiments/real_data.py --report_only: one row per saved run folder
+  in configs/real_data.py's order (tagged variants beside their method,
+  pytorch-metric-learning last), mean ± std over the seeds found, n seeds."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "runs" / "tinyimagenet" / "cls"
+  runs = {
+      "nngk/seed0": _final(0.5, 0.7, 10.0, {"nngk_accuracy": 0.4}),
+      "nngk/seed1": _final(0.7, 0.9, 20.0, {"nngk_accuracy": 0.6}),
+      "pml_multi_similarity/seed0": _final(0.6),
+      "triplet_semihard/seed0": _final(0.2, untrained=0.1),
+      "magnet_K1/seed0": _final(0.3),
+      "magnet/seed2": _final(0.4),
+  }
+  for rel, final in runs.items():
+    (root / rel).mkdir(parents=True)
+    (root / rel / "final_metrics.json").write_text(json.dumps(final))
+  (root / "raw_pixels.json").write_text(json.dumps({"recall@1": 0.05}))
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "real_data.py"),
+       "--dataset=tinyimagenet", "--protocol=cls", "--report_only",
+       f"--workdir={tmp_path / 'runs'}", f"--out_dir={tmp_path}"],
+      capture_output=True, text=True, check=True).stdout
+  table = (tmp_path / "real_data_tinyimagenet_cls.md").read_text()
+  assert table.strip() in out
+  names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+  assert names == ["untrained network", "triplet_semihard", "nngk", "magnet",
+                   "magnet_K1", "pml_multi_similarity", "raw pixels"]
+  nngk = [line for line in table.splitlines() if line.startswith("| nngk ")][0]
+  cells = [c.strip() for c in nngk.split("|")[1:-1]]
+  assert cells[1] == "2"                        # two seeds
+  assert "0.600 ± 0.100" in cells               # recall@1 of 0.5 and 0.7
+  assert "0.500 ± 0.100" in cells               # nngk_accuracy
+  assert cells[-1] == "15"                      # mean training seconds
+  summary = json.loads((tmp_path / "real_data_tinyimagenet_cls.json").read_text())
+  assert summary["runs"]["nngk"]["seeds"] == [0, 1]
