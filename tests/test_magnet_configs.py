@@ -87,7 +87,9 @@ def test_procedural_config_trains_end_to_end(tmp_path):
       _tiny(config, "classification", str(tmp_path / "cls")),
       str(tmp_path / "cls"))
   assert final["steps"] == 6
-  assert set(final["method"]) == {"knc_accuracy", "knn_accuracy"}
+  # kNC and soft kNN (eq. 6), and the trainer's 1-NN accuracy.
+  assert set(final["method"]) == {"knc_accuracy", "knn_accuracy",
+                                  "1nn_accuracy"}
   for value in final["method"].values():
     assert 0.0 <= value <= 1.0
   log = (tmp_path / "cls" / "train.log").read_text()
