@@ -215,6 +215,11 @@ def collect(names: list[str]) -> dict:
   rows = {}
   untrained = []
   root = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol)
+  # The untrained network of each seed, from one method's runs (triplet
+  # semi-hard's when there are any; dmlx runs only, PML copies their init).
+  dmlx_names = [n for n in names if not n.startswith("pml_")]
+  untrained_from = ("triplet_semihard" if "triplet_semihard" in dmlx_names
+                    else (dmlx_names or [None])[0])
   for name in names:
     runs, seconds, seeds = [], [], []
     folder = os.path.join(root, name)
@@ -232,7 +237,7 @@ def collect(names: list[str]) -> dict:
       runs.append(metrics)
       seeds.append(int(entry[4:]))
       seconds.append(final.get("train_seconds", float("nan")))
-      if final.get("untrained") and name == "triplet_semihard":
+      if final.get("untrained") and name == untrained_from:
         untrained.append(final["untrained"]["test"]["embedding"])
     if runs:
       rows[name] = {"runs": runs, "seconds": seconds, "seeds": seeds}
