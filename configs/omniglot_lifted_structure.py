@@ -1,19 +1,13 @@
-"""Lifted structured loss (Oh Song et al. 2016) on Omniglot (background small 1, zero-shot across alphabets).
+"""Lifted structured loss (Oh Song et al. 2016),
+on Omniglot (background small 1), zero-shot across alphabets.
 
   python launch/train.py --config=configs/omniglot_lifted_structure.py
   python launch/train.py --config=configs/omniglot_lifted_structure.py:val   # validation classes
 
-Optional argument: the protocol (val; default: the unseen test classes).
-The data folder defaults to ../shared/data (--config.data.data_dir=PATH
-points elsewhere). Network, budget and hyper-parameters, and how they were
-chosen on validation classes, are in configs/real_data.py.
+The settings and how they were chosen: configs/real_data.py.
 """
-import os
-import runpy
+from dmlx.config import sibling_config
 
 
 def get_config(arg=None):
-  shared = runpy.run_path(os.path.join(os.path.dirname(__file__),
-                                       "real_data.py"))
-  return shared["get_config"](",".join(["omniglot", "lifted_structure"] +
-                                       ([arg] if arg else [])))
+  return sibling_config(__file__, "real_data.py", "omniglot,lifted_structure", arg)

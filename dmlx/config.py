@@ -122,3 +122,16 @@ def procedural_data(c: ConfigDict, *, num_classes: int = 48, per_class: int = 30
   c.data.flip = True
   c.data.mean = (0.45, 0.45, 0.45)
   c.data.std = (0.3, 0.3, 0.3)
+
+
+def sibling_config(config_file: str, shared: str, arg: str,
+                   extra: str | None = None) -> ConfigDict:
+  """``get_config(arg[,extra])`` of the config file ``shared`` in the folder of
+  ``config_file``: how a thin per-dataset, per-method config file (e.g.
+  ``configs/omniglot_nngk.py``) delegates to the one file holding the
+  settings (``configs/real_data.py``)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), shared)
+  return runpy.run_path(path)["get_config"](
+      ",".join([arg] + ([extra] if extra else [])))
