@@ -31,6 +31,26 @@ APPENDIX_B = {
 }
 
 
+def method(c, *, M: int, D: int, K: int, alpha: float) -> None:
+  """Sets every ``config.method`` field :mod:`dmlx.methods.magnet` reads:
+  M clusters × D examples per neighbourhood (section 3.2), K clusters per
+  class, gap α (eq. 5), index refreshed every epoch, L = 128 for kNC (eq. 6),
+  σ² for evaluation from a running average of the batch estimates."""
+  c.method.name = "magnet"
+  c.method.M = M
+  c.method.D = D
+  c.method.K = K
+  c.method.alpha = alpha
+  c.method.refresh_every = 1
+  c.method.L = 128
+  c.method.variance_standardise = True
+  c.method.leave_one_out_means = False
+  c.method.sigma_momentum = 0.99
+  c.method.kmeans_iters = 20
+  c.method.knn_k = 0                # 0 = L
+  c.method.steps_per_epoch = 0      # 0 = ⌈N / (M·D)⌉ or train.steps_per_epoch
+
+
 def get_config(arg: str = "dogs"):
   """Magnet on ``arg`` (one of :data:`APPENDIX_B`)."""
   if arg not in APPENDIX_B:
@@ -52,19 +72,7 @@ def get_config(arg: str = "dogs"):
   c.model.normalise = False
   c.model.pretrained = ""           # converted ImageNet weights (see above)
 
-  c.method.name = "magnet"
-  c.method.M = 12
-  c.method.D = 4
-  c.method.K = k
-  c.method.alpha = alpha
-  c.method.refresh_every = 1
-  c.method.L = 128
-  c.method.variance_standardise = True
-  c.method.leave_one_out_means = False
-  c.method.sigma_momentum = 0.99
-  c.method.kmeans_iters = 20
-  c.method.knn_k = 0                # 0 = L
-  c.method.steps_per_epoch = 0      # 0 = ⌈N / (M·D)⌉
+  method(c, M=12, D=4, K=k, alpha=alpha)
 
   c.optim.name = "sgd"
   c.optim.momentum = 0.9

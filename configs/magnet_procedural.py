@@ -20,6 +20,9 @@ with class cardinality: Pet 8 with ~100 images per class). The embedding is
 not L2-normalised (the paper's representation is a plain FC layer; eq. 5 is
 invariant to its global scale anyway).
 """
+import os
+import runpy
+
 from dmlx.config import base_config
 
 
@@ -42,19 +45,8 @@ def get_config():
   c.model.embedding_dim = 64
   c.model.normalise = False
 
-  c.method.name = "magnet"
-  c.method.M = 12
-  c.method.D = 4
-  c.method.K = 4
-  c.method.alpha = 1.0
-  c.method.refresh_every = 1
-  c.method.L = 128
-  c.method.variance_standardise = True
-  c.method.leave_one_out_means = False
-  c.method.sigma_momentum = 0.99
-  c.method.kmeans_iters = 20
-  c.method.knn_k = 0              # 0 = L (soft kNN over the L nearest examples)
-  c.method.steps_per_epoch = 0    # 0 = ⌈N / (M·D)⌉
+  runpy.run_path(os.path.join(os.path.dirname(__file__), "magnet.py"))[
+      "method"](c, M=12, D=4, K=4, alpha=1.0)
 
   c.optim.name = "adam"
   c.optim.lr = 3e-3

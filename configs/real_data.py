@@ -164,19 +164,7 @@ def _magnet(c: ConfigDict) -> None:
   class, chosen on Omniglot's validation characters by Recall@1 (seed 0,
   R@1 / MAP@R / NMI): K = 2 0.871 / 0.576 / 0.791, K = 4 0.889 / 0.539 /
   0.670 (triplet semi-hard 0.929 / 0.687 / 0.813)."""
-  c.method.name = "magnet"
-  c.method.M = 16
-  c.method.D = 4
-  c.method.K = 4
-  c.method.alpha = 1.0
-  c.method.refresh_every = 1
-  c.method.L = 128
-  c.method.variance_standardise = True
-  c.method.leave_one_out_means = False
-  c.method.sigma_momentum = 0.99
-  c.method.kmeans_iters = 20
-  c.method.knn_k = 0
-  c.method.steps_per_epoch = 0        # use train.steps_per_epoch
+  _configs("magnet.py")["method"](c, M=16, D=4, K=4, alpha=1.0)
   c.model.normalise = False           # a plain FC representation (Sec. 4.1)
 
 
