@@ -304,18 +304,14 @@ def make_train_augment(data_cfg, k_run) -> Callable[[np.ndarray, int], torch.Ten
 
 
 def eval_preprocess(images: np.ndarray, data_cfg) -> torch.Tensor:
-  """Centre crop (when ``crop_size`` < ``image_size``), ``/255``,
-  ``(x - mean) / std``, channel reversal when ``bgr`` — dmlx's test-time view —
+  """dmlx's test-time view (``dmlx.data.augment.preprocess``, train=False:
+  centre crop, ``/255``, ``(x - mean) / std``, channel reversal when ``bgr``)
   as a float32 NCHW tensor."""
-  crop = data_cfg.crop_size
-  if crop and crop < images.shape[1]:
-    h, w = images.shape[1:3]
-    y, x = (h - crop) // 2, (w - crop) // 2
-    images = images[:, y:y + crop, x:x + crop]
-  x = images.astype(np.float32) / np.float32(255.0)
-  x = (x - np.asarray(data_cfg.mean, np.float32)) / np.asarray(data_cfg.std, np.float32)
-  if data_cfg.get("bgr", False):
-    x = x[..., ::-1]
+  from dmlx.data import augment  # pylint: disable=g-import-not-at-top
+  x = np.asarray(augment.preprocess(
+      images, None, crop_size=data_cfg.crop_size, flip=False,
+      mean=data_cfg.mean, std=data_cfg.std, train=False,
+      bgr=data_cfg.get("bgr", False)))
   return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 

@@ -155,6 +155,7 @@ def run_all(jobs: list[tuple[str, list[str], str]], workers: int) -> None:
 def raw_pixels() -> dict:
   """Retrieval metrics of the normalised centre-cropped test images."""
   from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top
+  from dmlx.data import augment  # pylint: disable=g-import-not-at-top
   from dmlx.data import pipeline  # pylint: disable=g-import-not-at-top
   config = common.load_config("configs/real_data.py",
                               f"{FLAGS.dataset},triplet_semihard,"
@@ -164,13 +165,11 @@ def raw_pixels() -> dict:
   data = pipeline.load_splits(config.data)
   cfg = config.data
 
-  def vectors(ds):
-    x = ds.images.astype(np.float32) / 255.0
-    if cfg.crop_size and cfg.crop_size < x.shape[1]:
-      o = (x.shape[1] - cfg.crop_size) // 2
-      x = x[:, o:o + cfg.crop_size, o:o + cfg.crop_size]
-    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return x.reshape(len(x), -1)
+  def vectors(ds):                   # the network's test-time input view
+    x = augment.preprocess(ds.images, None, crop_size=cfg.crop_size,
+                           flip=False, mean=cfg.mean, std=cfg.std,
+                           train=False, bgr=cfg.bgr)
+    return np.asarray(x).reshape(len(ds), -1)
 
   test = data["test"]
   out = dmlx_eval.evaluate_retrieval(vectors(test), test.labels,
