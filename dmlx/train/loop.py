@@ -91,10 +91,18 @@ class Run:
     variables = {"params": state_params["model"], "batch_stats": state_stats}
     cfg = self.config
 
+    train_features = {}   # layer -> training-set features under these weights
+
     def embed(layer: str = "embedding", dataset=None) -> np.ndarray:
+      if dataset is None and layer in train_features:
+        return train_features[layer]
       ds = self.train_ds if dataset is None else dataset
-      return step_lib.extract_features(self.layer_fn(layer), variables, ds.images,
-                                       self.mesh, cfg.eval.batch_size)[layer]
+      out = step_lib.extract_features(self.layer_fn(layer), variables, ds.images,
+                                      self.mesh, cfg.eval.batch_size)[layer]
+      if dataset is None:        # asked again by a method and by the trainer
+        out.flags.writeable = False
+        train_features[layer] = out
+      return out
 
     return HostContext(config=cfg, train=self.train_ds, embed=embed,
                        params=state_params["method"], epoch=epoch,
