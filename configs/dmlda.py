@@ -1,22 +1,21 @@
 """DML-DA (Li et al., 2019): one config for every (base loss, dataset) pair.
 
-The argument is ``<loss>,<dataset>[,<regularizer>]``:
+Arguments (``--config=configs/dmlda.py:loss=triplet,dataset=cub``):
 
-* ``<loss>``: ``contrastive`` (the paper's eq. (2), DML-DA_con), ``npair``
-  (eq. (4), DML-DA_np) or ``triplet`` (eq. (3), DML-DA_tri);
-* ``<dataset>``: ``cars`` (Cars196), ``cub`` (CUB-200-2011), ``sop``
+* ``loss``: ``contrastive`` (default; the paper's eq. (2), DML-DA_con),
+  ``npair`` (eq. (4), DML-DA_np) or ``triplet`` (eq. (3), DML-DA_tri);
+* ``dataset``: ``cars`` (default; Cars196), ``cub`` (CUB-200-2011), ``sop``
   (Stanford Online Products) with the paper's settings (Sec. IV-A), or
   ``procedural`` (offline, small, for this machine);
-* ``<regularizer>`` (optional, default ``density``): ``density`` (DML-DA,
-  eq. (8)), ``density_minus`` (DML-DA⁻, eq. (6)), ``gor``, ``entropy`` or
-  ``none`` (the plain base loss: the paper's Con / NP / Tri baselines).
+* ``regularizer`` (default ``density``): ``density`` (DML-DA, eq. (8)),
+  ``density_minus`` (DML-DA⁻, eq. (6)), ``gor``, ``entropy`` or ``none``
+  (the plain base loss: the paper's Con / NP / Tri baselines);
+* ``runlocal``.
 
-  python launch/train.py --config=configs/dmlda.py:contrastive,cars \\
+  python launch/train.py --config=configs/dmlda.py:loss=contrastive,dataset=cars \\
       --config.data.data_dir=/data/cars196 \\
       --config.model.pretrained=/weights/googlenet_imagenet.npz \\
       --workdir=workdirs/dmlda_con_cars
-
-The per-name files (``configs/dmlda_contrastive_cars.py``, ...) call this one.
 
 Paper settings (Sec. IV-A): GoogLeNet pretrained on ImageNet + a randomly
 initialised 128-d fc embedding, L2-normalised; Adam (β 0.9/0.999); learning
@@ -42,15 +41,14 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dmlx.config import base_config
-from dmlx.config import procedural_data
+from configs import common
 
 LOSSES = ("contrastive", "npair", "triplet")
 DATASETS = ("cars", "cub", "sop", "procedural")
 REGULARIZERS = ("density", "density_minus", "gor", "entropy", "none")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+VARIANTS = tuple(f"loss={loss},dataset={ds}" for loss in LOSSES
+                 for ds in DATASETS) + ("loss=triplet,dataset=procedural,"
+                                        "regularizer=gor",)
 
 # dataset -> (loader name, Adam learning rate, steps_per_epoch, epochs).
 # steps_per_epoch ≈ one pass of the sampler (Cars196: ~89 P×K batches,
@@ -62,45 +60,20 @@ PAPER_DATA = {
 }
 
 
-def parse(arg: str | None) -> tuple[str, str, str]:
-  """``'<loss>,<dataset>[,<regularizer>]'`` -> its three parts (checked)."""
-  parts = [p.strip() for p in (arg or "contrastive,cars").split(",")]
-  if len(parts) == 2:
-    parts.append("density")
-  if len(parts) != 3:
-    raise ValueError(f"configs/dmlda.py: argument {arg!r} must be "
-                     "'<loss>,<dataset>[,<regularizer>]'.")
-  loss, dataset, regularizer = parts
-  for value, valid, what in ((loss, LOSSES, "loss"),
-                             (dataset, DATASETS, "dataset"),
-                             (regularizer, REGULARIZERS, "regularizer")):
-    if value not in valid:
-      raise ValueError(f"configs/dmlda.py: unknown {what} {value!r} in "
-                       f"{arg!r}; expected one of {valid}.")
-  return loss, dataset, regularizer
-
-
-def _method(c: ConfigDict, loss: str, regularizer: str) -> None:
-  """The DML-DA method fields (every field dmlx.methods.dmlda reads) and
-  the base loss, with the paper's values."""
-  c.method.name = "dmlda"
-  c.method.regularizer = regularizer
-  c.method.lam = 10.0             # λ, eq. (9)
-  c.method.eta = 0.5              # η, eq. (7)
-  c.method.alpha_init = 0.5       # α_c at the start
-  c.method.correlation = True     # eq. (8)'s penalty (off for density_minus)
-  c.method.min_class_size = 2     # a class's density needs two of its images
-  c.method.entropy_temperature = 1.0
+def method(c: ConfigDict, loss: str, regularizer: str) -> None:
+  """DML-DA (:class:`dmlx.methods.dmlda.Config`) and its base loss with the
+  paper's values: λ = 10 (eq. 9), η = 0.5 (eq. 7), α_c = 0.5 at the start,
+  eq. (8)'s correlation penalty, a class's density from >= 2 of its images."""
+  common.set_method(c, "dmlda", regularizer=regularizer, lam=10.0, eta=0.5,
+                    alpha_init=0.5, correlation=True, min_class_size=2,
+                    entropy_temperature=1.0)
   if loss == "contrastive":       # eq. (2): D + max(0, m_p - D), m_p = 1
-    c.method.base = "dmlda_contrastive"
     c.loss.name = "dmlda_contrastive"
     c.loss.kwargs = ConfigDict({"margin": 1.0})
   elif loss == "npair":           # eq. (4) on L2-normalised embeddings
-    c.method.base = "registry"
     c.loss.name = "npair"
     c.loss.kwargs = ConfigDict({"l2_reg": 0.0})   # norms are fixed at 1
   else:                           # eq. (3), m_t = 1, over all triplets
-    c.method.base = "registry"
     c.loss.name = "triplet_all"
     c.loss.kwargs = ConfigDict({"margin": 1.0, "squared": True,
                                 "reduction": "valid"})
@@ -114,8 +87,8 @@ def _paper_data(c: ConfigDict, dataset: str) -> None:
   c.data.image_size = 256
   c.data.crop_size = 224
   c.data.flip = True
-  c.data.mean = IMAGENET_MEAN
-  c.data.std = IMAGENET_STD
+  c.data.mean = common.IMAGENET_MEAN
+  c.data.std = common.IMAGENET_STD
   if dataset == "sop":
     c.sampler.name = "whole_class"
     c.sampler.batch_size = 100
@@ -141,7 +114,7 @@ def _procedural_data(c: ConfigDict) -> None:
   """Small offline stand-in: 48 procedural classes (24 train, 24 unseen test)
   of 30 images at 24 px, a 3-block small CNN, 10 classes × 6 images a batch,
   192 steps (about a minute on a CPU)."""
-  procedural_data(c)
+  common.procedural_data(c)
   c.data.split = "zero_shot"
   c.sampler.name = "pk"
   c.sampler.classes_per_batch = 10
@@ -159,15 +132,22 @@ def _procedural_data(c: ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  """The run config for ``arg = '<loss>,<dataset>[,<regularizer>]'``."""
-  loss, dataset, regularizer = parse(arg)
-  c = base_config()
-  _method(c, loss, regularizer)
-  if dataset == "procedural":
+  """The run of ``loss``, ``dataset`` and ``regularizer`` (module docstring)."""
+  a = common.parse_arg(arg, loss="contrastive", dataset="cars",
+                       regularizer="density", runlocal=False)
+  for value, valid, what in ((a.loss, LOSSES, "loss"),
+                             (a.dataset, DATASETS, "dataset"),
+                             (a.regularizer, REGULARIZERS, "regularizer")):
+    if value not in valid:
+      raise ValueError(f"configs/dmlda.py: unknown {what} {value!r} in "
+                       f"{arg!r}; expected one of {valid}.")
+  c = common.base_config()
+  method(c, a.loss, a.regularizer)
+  if a.dataset == "procedural":
     _procedural_data(c)
   else:
-    _paper_data(c, dataset)
+    _paper_data(c, a.dataset)
   c.model.normalise = True         # the paper L2-normalises every embedding
   c.model.input_layer = "pooled"
   c.optim.method_lr_mult = 1.0     # α_c learn at the network's rate
-  return c
+  return common.runlocal(c) if a.runlocal else c

@@ -1,17 +1,14 @@
 """MIC + margin loss (Roth, Brattoli & Ommer, ICCV 2019): one config per dataset.
 
-The argument names the dataset: ``cub`` (CUB-200-2011), ``cars`` (CARS196),
-``sop`` (Stanford Online Products), ``inshop`` (In-Shop Clothes), all with the
+Arguments: ``dataset``: ``cub`` (CUB-200-2011), ``cars`` (CARS196), ``sop``
+(Stanford Online Products), ``inshop`` (In-Shop Clothes), all with the
 paper's settings (Sec. 4.1) and the authors' per-dataset values, or
-``procedural`` (offline and small, for this machine).
+``procedural`` (default; offline and small, for this machine); ``runlocal``.
 
-  python launch/train.py --config=configs/mic.py:cub \\
+  python launch/train.py --config=configs/mic.py:dataset=cub \\
       --config.data.data_dir=/data/cub200 \\
       --config.model.pretrained=/weights/resnet50_imagenet.npz \\
       --workdir=workdirs/mic_margin_cub
-
-The per-name files (``configs/mic_margin_cub.py``, ..., ``mic_procedural.py``)
-call this one.
 
 Paper settings (Sec. 4.1): ResNet-50 pretrained on ImageNet, class encoder E_α
 and auxiliary encoder E_β both 128-d and L2-normalised, on the same pooled
@@ -39,12 +36,12 @@ so R also learns at 5e-4 where the authors use 1e-5), one β per class
 
 Schedule: the authors alternate a class step (on a class batch) and, with
 probability 0.8, an auxiliary step (on a cluster batch) per iteration, i.e.
-Algorithm 1. Here ``method.alternate = True`` alternates L^α and L^β steps on
-one P×K batch each, so one dmlx epoch (one pass of the sampler) holds half an
-epoch of updates per task: ``train.epochs`` is twice the authors' epochs and
-``method.refresh_every = 4`` re-clusters every two of their epochs (the
-paper's "every other epoch"; their scripts' ``cluster_update_freq 3``
-re-clusters every fourth epoch).
+Algorithm 1. Here ``method.schedule = 'alternate'`` alternates L^α and L^β
+steps on one P×K batch each, so one dmlx epoch (one pass of the sampler)
+holds half an epoch of updates per task: ``train.epochs`` is twice the
+authors' epochs and ``method.refresh_every = 4`` re-clusters every two of
+their epochs (the paper's "every other epoch"; their scripts'
+``cluster_update_freq 3`` re-clusters every fourth epoch).
 
 ``model.pretrained`` is left empty: set it to the ImageNet ResNet-50 weights
 converted for dmlx (a path read by ``dmlx.models.pretrained.load_into``).
@@ -63,13 +60,10 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dmlx.config import base_config
-from dmlx.config import procedural_data
+from configs import common
 
 DATASETS = ("cub", "cars", "sop", "inshop", "procedural")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+VARIANTS = tuple(f"dataset={d}" for d in DATASETS)
 
 # dataset -> loader, split, train classes (zero-shot), clusters C, γ,
 # authors' epochs, epochs after which the learning rate drops, Recall@k.
@@ -89,21 +83,18 @@ PAPER = {
 }
 
 
-def _method(c: ConfigDict, *, num_clusters: int, gamma: float,
-            refresh_every: int, alternate: bool) -> None:
-  """Every field dmlx.methods.mic reads, and the margin loss of Wu et al."""
-  c.method.name = "mic"
-  c.method.num_clusters = num_clusters     # C
-  c.method.gamma = gamma                   # γ, weight of l_d (eq. 1)
-  c.method.refresh_every = refresh_every   # T_U in dmlx epochs
-  c.method.grl_lambda = 1.0                # gradient-reversal strength
-  c.method.standardise = "mean"            # first clustering (authors' default)
-  c.method.standardise_refresh = "none"    # later clusterings of E_β
-  c.method.switch_prob = 0.2               # random label switching p
-  c.method.alternate = alternate           # Algorithm 1's L^α / L^β steps
-  c.method.projection_dim = 512            # R's hidden width (--adv_dim)
-  c.method.kmeans_niter = 20
-  c.method.kmeans_nredo = 1
+def method(c: ConfigDict, *, num_clusters: int, gamma: float,
+           refresh_every: int, schedule: str) -> None:
+  """MIC (:class:`dmlx.methods.mic.Config`): C surrogate clusters, γ of
+  l_d (eq. 1), re-clustering every ``refresh_every`` dmlx epochs, the
+  ``schedule``; the authors' standardisation ('mean' first, none after),
+  label switching p = 0.2, R's hidden width 512; the margin loss of Wu et al.
+  """
+  common.set_method(c, "mic", num_clusters=num_clusters, gamma=gamma,
+                    refresh_every=refresh_every, grl_lambda=1.0,
+                    standardise="mean", standardise_refresh="none",
+                    switch_prob=0.2, schedule=schedule, projection_dim=512,
+                    kmeans_niter=20, kmeans_nredo=1)
   c.loss.name = "margin"
   c.loss.kwargs = ConfigDict({"alpha": 0.2, "beta0": 1.2,
                               "beta_per_class": True, "nu": 0.0})
@@ -120,8 +111,8 @@ def _paper(c: ConfigDict, dataset: str) -> None:
   c.data.image_size = 256
   c.data.crop_size = 224
   c.data.flip = True
-  c.data.mean = IMAGENET_MEAN
-  c.data.std = IMAGENET_STD
+  c.data.mean = common.IMAGENET_MEAN
+  c.data.std = common.IMAGENET_STD
   c.sampler.classes_per_batch = 28     # 112 = 28 × 4
   c.sampler.images_per_class = 4
   c.model.backbone = "resnet50"
@@ -129,8 +120,8 @@ def _paper(c: ConfigDict, dataset: str) -> None:
   c.model.embedding_dim = 128          # E_α
   c.model.aux_embedding_dim = 128      # E_β
   c.model.pretrained = ""              # ImageNet weights: see the docstring
-  _method(c, num_clusters=p["clusters"], gamma=p["gamma"], refresh_every=4,
-          alternate=True)
+  method(c, num_clusters=p["clusters"], gamma=p["gamma"], refresh_every=4,
+         schedule="alternate")
   c.optim.name = "adam"
   c.optim.lr = 1e-5
   c.optim.weight_decay = 4e-4
@@ -156,7 +147,7 @@ def _procedural(c: ConfigDict) -> None:
   with ``experiments/mic.py --gamma_sweep=0,15,50,150`` (best Recall@1 and
   NMI there, see docs/results_mic.md).
   """
-  procedural_data(c)
+  common.procedural_data(c)
   c.data.split = "zero_shot"
   c.data.train_class_fraction = 0.5
   c.sampler.classes_per_batch = 16
@@ -166,7 +157,7 @@ def _procedural(c: ConfigDict) -> None:
   c.model.embedding_dim = 32
   c.model.aux_embedding_dim = 32
   c.model.pretrained = ""
-  _method(c, num_clusters=12, gamma=15.0, refresh_every=2, alternate=False)
+  method(c, num_clusters=12, gamma=15.0, refresh_every=2, schedule="joint")
   c.optim.name = "adam"
   c.optim.lr = 3e-3
   c.optim.method_lr_mult = 10.0        # β (and R) learn 10x faster
@@ -178,16 +169,16 @@ def _procedural(c: ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  """The MIC + margin-loss run for dataset ``arg`` (default ``procedural``)."""
-  dataset = (arg or "procedural").strip()
-  if dataset not in DATASETS:
-    raise ValueError(f"configs/mic.py: unknown dataset {dataset!r}; expected "
+  """The MIC + margin-loss run on ``dataset`` (default ``procedural``)."""
+  a = common.parse_arg(arg, dataset="procedural", runlocal=False)
+  if a.dataset not in DATASETS:
+    raise ValueError(f"configs/mic.py: unknown dataset {a.dataset!r}; expected "
                      f"one of {DATASETS}.")
-  c = base_config()
-  if dataset == "procedural":
+  c = common.base_config()
+  if a.dataset == "procedural":
     _procedural(c)
   else:
-    _paper(c, dataset)
+    _paper(c, a.dataset)
   c.model.normalise = True             # E_α, E_β on the unit sphere
   c.model.input_layer = "pooled"
-  return c
+  return common.runlocal(c) if a.runlocal else c

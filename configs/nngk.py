@@ -1,29 +1,29 @@
 """NNGK (Meyer, Harwood & Drummond, ICIP 2018): every NNGK config in one place.
 
-The argument is ``dataset[,cls][,dims]``:
+Arguments (``--config=configs/nngk.py:dataset=cub,cls,dims=512``):
 
 * ``dataset``: ``cub`` (CUB-200-2011), ``cars`` (Cars196), ``flowers``
   (Oxford 102 Flowers, classification only), ``folder`` (any class-per-folder
   image set, e.g. Leafsnap *field*; classification only), or the offline
-  ``procedural`` and ``digits``;
+  ``procedural`` (default) and ``digits``;
 * ``cls``: the classification protocol of Section 3.2 (same classes in train
   and test; accuracy of the eq. 3 classifier) instead of the zero-shot metric
   learning protocol of Section 3.1 (train on the first half of the classes,
   Recall@K / NMI / MAP@R on the unseen rest);
 * ``dims``: the embedding dimension for the metric learning runs (64, 128,
-  256, 512 or 1024 as in Tables 1-2; default 64), which also picks σ.
+  256, 512 or 1024 as in Tables 1-2; default 64), which also picks σ;
+* ``runlocal``: a few steps only.
 
-  python launch/train.py --config=configs/nngk.py:cub \\
+  python launch/train.py --config=configs/nngk.py:dataset=cub \\
       --config.data.data_dir=/path/to/CUB_200_2011 \\
       --config.model.pretrained=weights/googlenet_imagenet.msgpack
-  python launch/train.py --config=configs/nngk.py:cub,cls \\
+  python launch/train.py --config=configs/nngk.py:dataset=cub,cls \\
       --config.data.data_dir=/path/to/CUB_200_2011
-  python launch/train.py --config=configs/nngk.py:cars,512 \\
+  python launch/train.py --config=configs/nngk.py:dataset=cars,dims=512 \\
       --config.data.data_dir=/path/to/cars196
 
-The per-name files (``configs/nngk_cub.py``, ``nngk_cars.py``,
-``nngk_cls_*.py``, ``nngk_digits.py``, ``nngk_procedural.py`` and
-``default.py``) call this one.
+``configs/nngk_cub.py`` and ``configs/default.py`` (the main job: the
+procedural run) call this one.
 
 Paper settings used as defaults (Section 3.1, metric learning): GoogLeNet
 pretrained on ImageNet; 256 px images, random crops (224) and horizontal flips
@@ -67,13 +67,12 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dmlx.config import base_config
-from dmlx.config import procedural_data
+from configs import common
 from dmlx.data.splits import SPLIT_CODES
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-GOOGLENET_MEAN_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = common.IMAGENET_MEAN
+IMAGENET_STD = common.IMAGENET_STD
+GOOGLENET_MEAN_STD = common.GOOGLENET_MEAN_STD
 
 # Section 3.1: "values between 10 and 30 work well", growing with dimension.
 SIGMA_BY_DIM = {64: 10.0, 128: 12.0, 256: 15.0, 512: 20.0, 1024: 30.0}
@@ -95,21 +94,21 @@ CLS = {
                    options={}),
 }
 OFFLINE = ("procedural", "digits")
+VARIANTS = ("dataset=procedural", "dataset=procedural,cls", "dataset=digits",
+            "dataset=digits,cls", "dataset=cub", "dataset=cub,dims=512",
+            "dataset=cars", "dataset=cub,cls", "dataset=cars,cls",
+            "dataset=flowers,cls", "dataset=folder,cls")
 
 
 def method(c: ConfigDict, *, sigma: float, num_neighbours: int = 100,
            update_interval: int = 10, learn_weights: bool = True) -> None:
-  """Sets every ``config.method`` field :mod:`dmlx.methods.nngk` reads."""
-  c.method.name = "nngk"
-  c.method.sigma = float(sigma)                 # σ of eq. 1
-  c.method.num_neighbours = num_neighbours      # k of 𝒩 (eq. 3)
-  c.method.update_interval = update_interval    # epochs between bank refreshes
-  c.method.learn_weights = learn_weights        # learn w_i (False: w_i = 1)
-  c.method.min_weight = 1e-4                    # floor on w_i before ln
-  c.method.index_type = "flat"                  # exact k-NN (N ≲ 20k here)
-  c.method.index_kwargs = ConfigDict()          # nprobe, ef_search, ...
-  c.method.feature = "embedding"                # the network output used
-  c.method.reduction = "mean"                   # 'sum' = the paper's sum
+  """NNGK (:class:`dmlx.methods.nngk.Config`) with σ of eq. 1, k of 𝒩
+  (eq. 3), the epochs between bank refreshes and learned w_i; exact k-NN
+  (N ≲ 20k here), the batch mean of the loss; random batches."""
+  common.set_method(c, "nngk", sigma=float(sigma), num_neighbours=num_neighbours,
+                    update_interval=update_interval, learn_weights=learn_weights,
+                    min_weight=1e-4, index_type="flat", feature="embedding",
+                    reduction="mean")
   c.sampler.name = "random"                     # NNGK needs no P×K batches
   c.model.normalise = False                     # kernels on raw distances
   c.model.scale = 1.0
@@ -188,7 +187,7 @@ def _procedural(c: ConfigDict, classification: bool) -> None:
   randomly initialised network moves fast; the paper's 1-10 epochs are for
   fine-tuning). k = 100 neighbours as in the paper.
   """
-  procedural_data(c)
+  common.procedural_data(c)
   if classification:
     c.data.split = "classification"
     c.data.train_fraction = 0.5
@@ -233,18 +232,13 @@ def _digits(c: ConfigDict, classification: bool) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  """The NNGK run for ``arg`` = ``dataset[,cls][,dims]`` (default
-  ``procedural``)."""
-  tokens = [t.strip() for t in (arg or "procedural").split(",") if t.strip()]
-  dataset, rest = tokens[0], tokens[1:]
-  classification = "cls" in rest
-  dims = [t for t in rest if t != "cls"]
-  if len(dims) > 1 or (dims and not dims[0].isdigit()):
-    raise ValueError(f"configs/nngk.py: cannot parse {arg!r}; expected "
-                     "'dataset[,cls][,dims]'.")
-  c = base_config()
+  """The NNGK run of ``arg`` (see the module docstring)."""
+  a = common.parse_arg(arg, dataset="procedural", cls=False, dims=64,
+                       runlocal=False)
+  dataset, classification, dims = a.dataset, a.cls, a.dims
+  c = common.base_config()
   if dataset in OFFLINE:
-    if dims:
+    if dims != 64:
       raise ValueError(f"configs/nngk.py: dims are only for cub/cars, got "
                        f"{arg!r}.")
     (_procedural if dataset == "procedural" else _digits)(c, classification)
@@ -253,9 +247,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
       raise ValueError(f"configs/nngk.py: no classification set {dataset!r}.")
     if not classification and dataset not in DML:
       raise ValueError(f"configs/nngk.py: {dataset!r} is classification only; "
-                       f"use '{dataset},cls'.")
-    _paper(c, dataset, classification, int(dims[0]) if dims else 64)
+                       f"use 'dataset={dataset},cls'.")
+    _paper(c, dataset, classification, dims)
   else:
     raise ValueError(f"configs/nngk.py: unknown dataset {dataset!r}; expected "
                      f"one of {sorted(set(DML) | set(CLS) | set(OFFLINE))}.")
-  return c
+  return common.runlocal(c) if a.runlocal else c

@@ -1,13 +1,12 @@
 """Every method and baseline on real images: Omniglot and Tiny ImageNet.
 
-One table of settings for the real-data study of ``experiments/real_data.py``;
-``configs/omniglot_<method>.py`` and ``configs/tinyimagenet_<method>.py`` are
-thin wrappers. The argument is ``'<dataset>,<method>[,<protocol>]'``:
+One table of settings for the real-data study of ``experiments/real_data.py``.
+Arguments: ``dataset`` (``omniglot``, ``tinyimagenet``), ``method`` (a key of
+:data:`METHODS`), ``protocol`` (``test``, ``val``, ``cls``), ``runlocal``:
 
-  python launch/train.py --config=configs/real_data.py:omniglot,nngk \\
+  python launch/train.py --config=configs/real_data.py:dataset=omniglot,method=nngk \\
       --config.data.data_dir=../shared/data/omniglot/images_background_small1.zip
-  python launch/train.py --config=configs/omniglot_nngk.py
-  python launch/train.py --config=configs/tinyimagenet_magnet.py:cls
+  python launch/train.py --config=configs/real_data.py:dataset=tinyimagenet,method=magnet,protocol=cls
 
 Datasets (``data.data_dir`` defaults to ``../shared/data`` beside the repo):
 
@@ -38,11 +37,14 @@ explained at ``METHODS``).
 from __future__ import annotations
 
 import os
-import runpy
 
 from ml_collections import ConfigDict
 
-from dmlx.config import base_config
+from configs import common
+from configs import dmlda as dmlda_configs
+from configs import magnet as magnet_configs
+from configs import mic as mic_configs
+from configs import nngk as nngk_configs
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "shared",
@@ -51,10 +53,6 @@ DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "shared",
 DATASETS = ("omniglot", "tinyimagenet")
 PROTOCOLS = ("test", "val", "cls")
 BATCH = (16, 4)                      # P classes × K images = 64 per step
-
-
-def _configs(name: str) -> dict:
-  return runpy.run_path(os.path.join(_HERE, name))
 
 
 # ---------------------------------------------------------------------------
@@ -115,35 +113,16 @@ def _tinyimagenet(c: ConfigDict, protocol: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _loss(name: str, **kwargs):
+def _baseline(name: str):
   def apply(c: ConfigDict) -> None:
-    c.loss.name = name
-    c.loss.kwargs = ConfigDict(kwargs)
+    common.set_baseline(c, name)
   return apply
 
 
 def _npair(c: ConfigDict) -> None:
-  _loss("npair", l2_reg=0.002)(c)
-  c.model.normalise = False           # Sohn 2016: an L2 penalty, not a norm
+  common.set_baseline(c, "npair")     # unnormalised, an L2 penalty (Sohn 2016)
   c.sampler.images_per_class = 2      # one anchor and one positive per class
   c.sampler.classes_per_batch = 32
-
-
-def _margin(c: ConfigDict) -> None:
-  _loss("margin", alpha=0.2, beta0=1.2)(c)
-  c.optim.method_lr_mult = 10.0       # β at its own rate (Wu et al. 2017)
-
-
-def _proxy_nca(c: ConfigDict) -> None:
-  _loss("proxy_nca", scale=3.0)(c)
-  c.optim.method_lr_mult = 100.0      # proxies learn fast (Movshovitz-Attias)
-
-
-def _smooth_triplet(c: ConfigDict) -> None:
-  """Vo & Hays (2019) Sec. 3.4: all triplets, log(1 + exp(d_ap − d_an)) on
-  squared distances of unit features scaled by 4."""
-  _loss("triplet_all", soft=True, squared=True, reduction="valid")(c)
-  c.model.scale = 4.0
 
 
 def _nngk(c: ConfigDict) -> None:
@@ -152,8 +131,7 @@ def _nngk(c: ConfigDict) -> None:
   fast; the paper's 1-10 epochs are for fine-tuning); random batches. σ = 1
   (configs/nngk.py's offline choice) kept on Omniglot's validation characters
   (seed 0, R@1 / MAP@R): σ = 1 0.893 / 0.548, σ = 3 0.893 / 0.546."""
-  _configs("nngk.py")["method"](c, sigma=1.0, num_neighbours=100,
-                                update_interval=1)
+  nngk_configs.method(c, sigma=1.0, num_neighbours=100, update_interval=1)
   c.sampler.batch_size = BATCH[0] * BATCH[1]
 
 
@@ -164,7 +142,7 @@ def _magnet(c: ConfigDict) -> None:
   class, chosen on Omniglot's validation characters by Recall@1 (seed 0,
   R@1 / MAP@R / NMI): K = 2 0.871 / 0.576 / 0.791, K = 4 0.889 / 0.539 /
   0.670 (triplet semi-hard 0.929 / 0.687 / 0.813)."""
-  _configs("magnet.py")["method"](c, M=16, D=4, K=4, alpha=1.0)
+  magnet_configs.method(c, M=16, D=4, K=4, alpha=1.0)
   c.model.normalise = False           # a plain FC representation (Sec. 4.1)
 
 
@@ -175,8 +153,8 @@ def _mic(c: ConfigDict) -> None:
   value), chosen on Omniglot's validation characters by Recall@1 (seed 0,
   R@1 / MAP@R; the margin loss alone 0.946 / 0.679): γ = 0 (surrogate task
   only) 0.904 / 0.574, γ = 15 0.911 / 0.595, γ = 60 0.932 / 0.591."""
-  _configs("mic.py")["_method"](c, num_clusters=30, gamma=60.0,
-                                refresh_every=2, alternate=False)
+  mic_configs.method(c, num_clusters=30, gamma=60.0, refresh_every=2,
+                     schedule="joint")
   c.model.aux_embedding_dim = 32
   c.optim.method_lr_mult = 10.0
   c.eval.layers = "embedding"
@@ -186,7 +164,7 @@ def _dmlda(loss: str, regularizer: str, lam: float):
   """DML-DA (Li et al.): density regulariser, learnable α_c, eq. (8)'s
   correlation penalty on the pooled features' original densities."""
   def apply(c: ConfigDict) -> None:
-    _configs("dmlda.py")["_method"](c, loss, regularizer)
+    dmlda_configs.method(c, loss, regularizer)
     c.method.lam = lam
     c.model.input_layer = "pooled"
     c.optim.method_lr_mult = 1.0
@@ -201,15 +179,15 @@ DMLDA_LAMBDA = 0.1
 
 METHODS = {
     # Baselines.
-    "triplet_semihard": _loss("triplet_semihard", margin=0.2),
-    "triplet_batch_hard": _loss("triplet_batch_hard", margin=0.2),
-    "contrastive": _loss("contrastive", pos_margin=0.0, neg_margin=0.5),
+    "triplet_semihard": _baseline("triplet_semihard"),
+    "triplet_batch_hard": _baseline("triplet_batch_hard"),
+    "contrastive": _baseline("contrastive"),
     "npair": _npair,
-    "margin": _margin,
-    "proxy_nca": _proxy_nca,
-    "lifted_structure": _loss("lifted_structure", margin=1.0),
-    "softmax": _loss("softmax"),
-    "normalized_softmax": _loss("normalized_softmax", temperature=0.05),
+    "margin": _baseline("margin"),
+    "proxy_nca": _baseline("proxy_nca"),
+    "lifted_structure": _baseline("lifted_structure"),
+    "softmax": _baseline("softmax"),
+    "normalized_softmax": _baseline("normalized_softmax"),
     # The seed methods.
     "nngk": _nngk,
     "magnet": _magnet,
@@ -218,26 +196,25 @@ METHODS = {
     "dmlda_contrastive": _dmlda("contrastive", "density", DMLDA_LAMBDA),
     "dmlda_triplet_base": _dmlda("triplet", "none", 0.0),
     "dmlda_triplet": _dmlda("triplet", "density", DMLDA_LAMBDA),
-    "smooth_triplet": _smooth_triplet,
+    "smooth_triplet": _baseline("smooth_triplet"),
 }
+VARIANTS = tuple(f"dataset={d},method={m}" for d in DATASETS for m in METHODS) + (
+    "dataset=omniglot,method=nngk,protocol=val",
+    "dataset=tinyimagenet,method=nngk,protocol=cls")
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  """The run for ``arg = '<dataset>,<method>[,<protocol>]'``."""
-  parts = [p.strip() for p in (arg or "omniglot,nngk").split(",")]
-  if len(parts) == 2:
-    parts.append("test")
-  if len(parts) != 3:
-    raise ValueError(f"configs/real_data.py: argument {arg!r} must be "
-                     "'<dataset>,<method>[,<protocol>]'.")
-  dataset, method, protocol = parts
+  """The run of ``dataset``, ``method`` and ``protocol`` (module docstring)."""
+  a = common.parse_arg(arg, dataset="omniglot", method="nngk", protocol="test",
+                       runlocal=False)
+  dataset, method, protocol = a.dataset, a.method, a.protocol
   for value, valid, what in ((dataset, DATASETS, "dataset"),
                              (method, tuple(METHODS), "method"),
                              (protocol, PROTOCOLS, "protocol")):
     if value not in valid:
       raise ValueError(f"configs/real_data.py: unknown {what} {value!r} in "
                        f"{arg!r}; expected one of {valid}.")
-  c = base_config()
+  c = common.base_config()
   (_omniglot if dataset == "omniglot" else _tinyimagenet)(c, protocol)
   c.model.embedding_dim = 64
   c.model.normalise = True
@@ -253,4 +230,4 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.eval.batch_size = 512
   c.eval.train_subset = 1000
   METHODS[method](c)
-  return c
+  return common.runlocal(c) if a.runlocal else c

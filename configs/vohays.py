@@ -1,14 +1,13 @@
 """Vo & Hays (2019), "Should the embedding layer be the embedding layer?".
 
-One config, argument ``variant,dataset`` (big_vision style):
+One config, arguments ``net`` (default ``neta``) and ``dataset`` (default
+``procedural``; ``cars``, ``cub``, ``sop``), ``runlocal``:
 
-  python launch/train.py --config=configs/vohays.py:neta,cars \\
+  python launch/train.py --config=configs/vohays.py:net=neta,dataset=cars \\
       --config.data.data_dir=/data/cars196 \\
       --config.model.pretrained=/weights/vgg16_bn_imagenet.npz \\
       --workdir=workdirs/vohays_neta_cars
-
-Thin per-name files: ``configs/vohays_{neta,nete}_{cars,cub,sop}.py`` and the
-offline ``configs/vohays_procedural.py:neta|netd|nete|netf|...``.
+  python launch/train.py --config=configs/vohays.py:net=nete --workdir=/tmp/nete
 
 Variants (the loss position, Sec. 4.3; all new layers have the width of
 pool5_3, ReLU between them; ``fcN`` is the linear output, as the authors
@@ -60,14 +59,10 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from dmlx.config import base_config
-from dmlx.config import procedural_data
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from configs import common
 
 # variant -> number of fc layers on top of pool5_3 (0: the loss on pool5_3).
-VARIANTS = {"neta": 1, "netb": 1, "netc": 1, "netd": 0, "nete": 2, "netf": 3,
+NETS = {"neta": 1, "netb": 1, "netc": 1, "netd": 0, "nete": 2, "netf": 3,
             "cls": 1}
 # NetB: "both conv5.3 and fc6 are initialized from scratch" (fc6 always is).
 REINIT = {"netb": "conv5_3,bn5_3"}
@@ -83,13 +78,15 @@ DATASETS = {
                 iterations=200_000, epoch=10_000, ks=(1, 10, 100, 1000)),
     "procedural": {},
 }
+VARIANTS = tuple(f"net={v}" for v in NETS) + tuple(
+    f"net={v},dataset={d}" for v in ("neta", "nete") for d in ("cars", "cub", "sop"))
 
 
 def eval_layers(variant: str) -> str:
   """Layers evaluated for ``variant``: pool5_1..3, the fc stack and the
   (normalised) embedding the loss sees (not for ``cls``: its embedding is
   fc6 itself)."""
-  fcs = [f"fc{6 + i}" for i in range(VARIANTS[variant])]
+  fcs = [f"fc{6 + i}" for i in range(NETS[variant])]
   last = [] if variant == "cls" else ["embedding"]
   return ",".join(["pool5_1", "pool5_2", "pool5_3", *fcs, *last])
 
@@ -99,21 +96,20 @@ def _network(c: ConfigDict, variant: str, width: int) -> None:
   ``width``-d (512 in the paper)."""
   c.model.backbone = "vgg16_bn"
   c.model.input_layer = "pool5_3"
-  c.model.fc_layers = (width,) * VARIANTS[variant]
+  c.model.fc_layers = (width,) * NETS[variant]
   c.model.embedding_dim = 0            # the last layer is the embedding
   c.model.dropout = 0.0
   c.model.reinit_layers = REINIT.get(variant, "")
-  c.method.name = "loss"
   if variant == "cls":
     c.model.normalise = False
     c.model.scale = 1.0
-    c.method.layer = "fc6_relu"        # classifier on ReLU(fc6)
+    common.set_method(c, "loss", layer="fc6_relu")   # classifier on ReLU(fc6)
     c.loss.name = "softmax"
     c.loss.kwargs = ConfigDict()
   else:
     c.model.normalise = True
     c.model.scale = 4.0                # ||x|| = 4 (Sec. 3.4)
-    c.method.layer = "embedding"
+    common.set_method(c, "loss", layer="embedding")
     c.loss.name = "triplet_all"
     c.loss.kwargs = ConfigDict({"soft": True, "squared": True,
                                 "reduction": "valid"})
@@ -144,8 +140,8 @@ def _paper(c: ConfigDict, dataset: str) -> None:
   c.data.image_size = 240              # ≈ 224 × U(1, 1.1)
   c.data.crop_size = 224
   c.data.flip = True
-  c.data.mean = IMAGENET_MEAN
-  c.data.std = IMAGENET_STD
+  c.data.mean = common.IMAGENET_MEAN
+  c.data.std = common.IMAGENET_STD
   c.sampler.name = "pk"
   c.sampler.classes_per_batch = 16     # 32 = 16 classes × 2 images
   c.sampler.images_per_class = 2
@@ -166,7 +162,7 @@ def _procedural(c: ConfigDict) -> None:
   32 px, a VGG16-BN of 1/8 width (8..64 channels, so pool5_3 and every fc
   layer are 64-d) without its first max pool (conv5 maps stay 4 × 4), from
   scratch, 16 classes × 2 images per batch."""
-  procedural_data(c, num_classes=60, per_class=40, image_size=36, crop_size=32)
+  common.procedural_data(c, num_classes=60, per_class=40, image_size=36, crop_size=32)
   c.data.split = "zero_shot"
   c.data.train_class_fraction = 0.5
   c.data.num_train_classes = 0
@@ -187,22 +183,18 @@ def _procedural(c: ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  """The run for ``arg = 'variant,dataset'`` (default ``'neta,procedural'``)."""
-  parts = [s.strip() for s in (arg or "neta,procedural").split(",")]
-  if len(parts) == 1:
-    parts.append("procedural")
-  if len(parts) != 2 or parts[0] not in VARIANTS or parts[1] not in DATASETS:
+  """The run of ``net`` on ``dataset`` (see the module docstring)."""
+  a = common.parse_arg(arg, net="neta", dataset="procedural", runlocal=False)
+  if a.net not in NETS or a.dataset not in DATASETS:
     raise ValueError(f"configs/vohays.py: bad argument {arg!r}; expected "
-                     f"'variant,dataset' with variant in {sorted(VARIANTS)} and "
-                     f"dataset in {sorted(DATASETS)}.")
-  variant, dataset = parts
-  c = base_config()
-  if dataset == "procedural":
+                     f"net in {sorted(NETS)} and dataset in {sorted(DATASETS)}.")
+  c = common.base_config()
+  if a.dataset == "procedural":
     _procedural(c)
     width = 8 * c.model.backbone_kwargs.num_filters
   else:
-    _paper(c, dataset)
+    _paper(c, a.dataset)
     width = 512
-  _network(c, variant, width)
+  _network(c, a.net, width)
   _optimiser(c)
-  return c
+  return common.runlocal(c) if a.runlocal else c

@@ -1,11 +1,18 @@
 """The base run configuration: every key a dmlx run reads, with its default.
 
-Config files in ``configs/`` call :func:`base_config` and override what they
-need, so a misspelt key on the command line (``--config.train.epoch=3``) is an
-error naming the key (configs are locked by ``launch/train.py``), and every
-method finds every field it reads.
+Config files in ``configs/`` call :func:`base_config`, choose a method with
+:func:`set_method` (which writes every setting of the method's ``Config``
+dataclass with its default) and override what they need. A misspelt key on
+the command line (``--config.train.epoch=3``) is an error naming the key
+(configs are locked by ``launch/train.py``); a misspelt ``config.method``
+key in a file is one too, when the run reads the method's settings.
+
+:func:`parse_arg` is the one parser of config arguments
+(``--config=configs/real_data.py:dataset=omniglot,method=nngk``).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import ml_collections
 
@@ -60,9 +67,9 @@ def base_config() -> ConfigDict:
   c.model.reinit_layers = ""        # comma-separated layers put back to their fresh
                                     # initialisation after loading pretrained weights (Vo & Hays NetB)
 
-  # Method: dmlx.methods.<name>.make(config); 'loss' = a plain registry loss.
-  c.method = ConfigDict()
-  c.method.name = "loss"
+  # Method: dmlx.methods.METHODS[name]; 'loss' = a plain registry loss.
+  # set_method writes the method's settings (its Config dataclass).
+  c.method = ConfigDict({"name": "loss", "layer": "embedding"})
 
   # Loss: dmlx.losses registry name and hyper-parameters.
   c.loss = ConfigDict()
@@ -83,6 +90,7 @@ def base_config() -> ConfigDict:
   c.optim.decay_boundaries = (0.5, 0.75)  # step: fractions of training
   c.optim.decay_factor = 0.1
   c.optim.grad_clip = 0.0
+  c.optim.backbone_frozen_steps = 0 # first iterations with backbone rate 0
 
   # Training loop: dmlx.train.loop.
   c.train = ConfigDict()
@@ -96,6 +104,9 @@ def base_config() -> ConfigDict:
   c.train.tensorboard = True
   c.train.stop_after_epochs = 0     # > 0: exit after this many epochs, as if killed
                                     # (resume drills and tests)
+  c.train.transfer_guard = "disallow"  # jax.transfer_guard of the step loop:
+                                    # an implicit host<->device copy is an
+                                    # error outside the declared log steps
 
   # Evaluation: dmlx.eval.
   c.eval = ConfigDict()
@@ -105,33 +116,65 @@ def base_config() -> ConfigDict:
   c.eval.batch_size = 256
   c.eval.train_subset = 2000        # examples of the training set for train-set recall
   c.eval.untrained_baseline = True
+  # Evaluators beside the retrieval table (dmlx.train.evaluators): 'auto' =
+  # the method's own (NNGK's classifier, Magnet's kNC, ...) and 1-NN;
+  # or comma-separated names. Classifiers run on classification splits only.
+  c.eval.evaluators = "auto"
   return c
 
 
-def procedural_data(c: ConfigDict, *, num_classes: int = 48, per_class: int = 30,
-                    image_size: int = 28, crop_size: int = 24, seed: int = 0) -> None:
-  """Points ``c.data`` at the offline procedural dataset (random crops of
-  ``crop_size`` from ``image_size`` images, flips, its normalisation); the
-  split is left to the caller. Shared by every offline config."""
-  c.data.name = "procedural"
-  c.data.options.num_classes = num_classes
-  c.data.options.per_class = per_class
-  c.data.options.seed = seed
-  c.data.image_size = image_size
-  c.data.crop_size = crop_size
-  c.data.flip = True
-  c.data.mean = (0.45, 0.45, 0.45)
-  c.data.std = (0.3, 0.3, 0.3)
+def set_method(c: ConfigDict, name: str, **settings: Any) -> None:
+  """Sets ``c.method`` to method ``name`` with every setting of its
+  ``Config`` dataclass: its defaults, then ``settings`` (an unknown name is
+  an error). The method's base loss stays in ``c.loss``."""
+  from dmlx import methods  # pylint: disable=g-import-not-at-top
+  from dmlx import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  method = methods.get(name)
+  c.method = settings_lib.to_config_dict(method.Config, extra={"name": name},
+                                         **settings)
 
 
-def sibling_config(config_file: str, shared: str, arg: str,
-                   extra: str | None = None) -> ConfigDict:
-  """``get_config(arg[,extra])`` of the config file ``shared`` in the folder of
-  ``config_file``: how a thin per-dataset, per-method config file (e.g.
-  ``configs/omniglot_nngk.py``) delegates to the one file holding the
-  settings (``configs/real_data.py``)."""
-  import os  # pylint: disable=g-import-not-at-top
-  import runpy  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), shared)
-  return runpy.run_path(path)["get_config"](
-      ",".join([arg] + ([extra] if extra else [])))
+def parse_arg(arg: str | None, **spec: Any) -> ConfigDict:
+  """Parses a config argument ``'key=value,key2=value2,flag'`` (big_vision's
+  form) against ``spec``, the keys with their defaults.
+
+  Values take the type of their default (``int``, ``float``, ``bool``,
+  ``str``); a bare ``flag`` sets a ``bool`` key to True. Unknown keys, bad
+  values and a missing value are errors naming the key.
+
+  Returns:
+    A ``ConfigDict`` with every key of ``spec``.
+  """
+  out = ConfigDict(dict(spec))
+  for token in (arg or "").split(","):
+    token = token.strip()
+    if not token:
+      continue
+    key, sep, value = token.partition("=")
+    key = key.strip()
+    if key not in spec:
+      raise ValueError(f"Unknown config argument {key!r} in {arg!r}; the "
+                       f"arguments are {', '.join(sorted(spec))}.")
+    default = spec[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config argument {key!r} needs a value "
+                         f"({key}=...), got {arg!r}.")
+      out[key] = True
+      continue
+    value = value.strip()
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(value)
+        out[key] = value.lower() in ("true", "1")
+      elif isinstance(default, int):
+        out[key] = int(value)
+      elif isinstance(default, float):
+        out[key] = float(value)
+      else:
+        out[key] = value
+    except ValueError:
+      raise ValueError(f"Config argument {key}={value!r} must be of type "
+                       f"{type(default).__name__}.") from None
+  return out

@@ -28,12 +28,12 @@ flags.DEFINE_string("out", os.path.join(common.ROOT, "experiments", "results",
 
 def main(argv):
   del argv
-  sys.path.insert(0, os.path.join(common.ROOT, "configs"))
-  import procedural_baseline  # pylint: disable=g-import-not-at-top
-  names = FLAGS.losses.split(",") if FLAGS.losses else list(procedural_baseline.LOSSES)
+  from configs import common as config_common  # pylint: disable=g-import-not-at-top
+  names = (FLAGS.losses.split(",") if FLAGS.losses else
+           [n for n in config_common.BASELINES if n != "smooth_triplet"])
   rows, results = {}, {}
   for name in names:
-    config = procedural_baseline.get_config(name)
+    config = common.load_config("configs/baselines.py", f"loss={name}")
     updates = {"train.epochs": 1 if FLAGS.quick else FLAGS.epochs,
                "train.tensorboard": False, "eval.train_subset": 1000}
     if FLAGS.quick:

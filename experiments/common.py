@@ -6,7 +6,6 @@ measure is exactly what ``launch/train.py`` runs.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -20,18 +19,25 @@ from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top,wrong-
 
 
 def load_config(path: str, arg: str | None = None):
-  """``get_config()`` of a config file (path relative to the repo root ok)."""
-  if not os.path.isabs(path):
-    path = os.path.join(ROOT, path)
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  """The config of ``configs/<module>.py`` with argument ``arg`` (or of a
+  name of :data:`configs.NAMES`)."""
+  import configs  # pylint: disable=g-import-not-at-top
+  spec = path if path.startswith("configs/") or path in configs.NAMES else (
+      os.path.relpath(path, ROOT) if os.path.isabs(path) else path)
+  return configs.load(f"{spec}:{arg}" if arg else spec)
 
 
 def override(config, updates: Mapping[str, Any]):
-  """Sets dotted keys (``'train.epochs': 3``); unknown keys are an error."""
+  """Sets dotted keys (``'train.epochs': 3``); unknown keys are an error.
+
+  ``'method.name'`` switches the method first (its settings at their
+  defaults, :func:`dmlx.config.set_method`), then the other keys apply."""
+  from dmlx import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
+  updates = dict(updates)
+  name = updates.pop("method.name", None)
+  if name is not None and name != config.method.name:
+    config_lib.set_method(config, name)
   for key, value in updates.items():
     node = config
     *parents, leaf = key.split(".")

@@ -3,7 +3,7 @@ train/test gap? (Li et al., "Deep Metric Learning with Density Adaptivity",
 2019: Table I / Fig. 3 / Fig. 4 comparisons, Fig. 1(d) gap, Fig. 6 λ sweep.)
 
 On the offline procedural dataset (zero-shot split: 24 training classes, 24
-unseen test classes; ``configs/dmlda_procedural.py``), for each base loss --
+unseen test classes; ``configs/dmlda.py:dataset=procedural``), for each base loss --
 the paper's contrastive loss (eq. 2), N-pair (eq. 4), triplet (eq. 3) -- it
 trains the base loss alone and with each regulariser at weight λ:
 
@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import common  # pylint: disable=wrong-import-position
 
-CONFIG = "configs/dmlda_procedural.py"
+CONFIG = "configs/dmlda.py"
 LOSSES = ("contrastive", "npair", "triplet")
 VARIANTS = {"base": "none", "DA": "density", "DA-": "density_minus",
             "GOR": "gor", "EN": "entropy"}
@@ -49,7 +49,8 @@ def run_one(loss: str, regularizer: str, lam: float, epochs: int, seed: int,
             log=print) -> dict:
   """Trains one (base loss, regulariser, λ) on the procedural zero-shot split
   and returns its measurements."""
-  config = common.load_config(CONFIG, f"{loss},{regularizer}")
+  config = common.load_config(
+      CONFIG, f"loss={loss},dataset=procedural,regularizer={regularizer}")
   config = common.override(config, {
       "method.lam": float(lam), "train.epochs": epochs, "seed": seed,
       "data.options.seed": 0, "eval.untrained_baseline": False,

@@ -5,7 +5,7 @@ experiments on the procedural object dataset.
   python experiments/magnet.py --quick    # a 1–2 minute smoke version
 
 One backbone (``small_cnn``), one batch size (48 = M·D) and one budget of
-steps for every objective: Magnet (``configs/magnet_procedural.py``), softmax
+steps for every objective: Magnet (``configs/magnet.py:dataset=procedural``), softmax
 (``method.name='loss'``, ``loss.name='softmax'``) and semi-hard triplet.
 
 1. Classification (section 4.1, Fig. 4e): test error of every final
@@ -91,7 +91,7 @@ def preset(quick: bool, epochs: int = 0) -> dict:
 def make_config(method: str, p: dict, dataset: str = "procedural_cached"):
   """The run config of ``method`` (magnet | softmax | triplet) on the shared
   data, backbone, batch size and step budget."""
-  config = common.load_config("configs/magnet_procedural.py")
+  config = common.load_config("configs/magnet.py", "dataset=procedural")
   updates = {
       "data.name": dataset,
       "data.options.num_classes": p["num_classes"],
@@ -179,19 +179,19 @@ def embed_checkpoints(config, workdir: str, steps=None) -> dict:
   """Restores checkpoints of ``workdir`` (default: the latest) and embeds the
   train and test sets: ``{step: {'train': [N, D], 'test': [Q, D]}}`` plus
   ``'datasets'`` and ``'method_params'`` (of the latest)."""
-  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
-  run = loop.setup(config, workdir, quiet=True)
-  datasets = {"train": run.train_ds, "test": run.test_ds}
+  from dmlx import train  # pylint: disable=g-import-not-at-top
+  restored = train.restore(config, workdir)
+  run = restored.run
+  datasets = {"train": run.train, "test": run.test}
   out = {"datasets": datasets,
          "method_params": jax.tree_util.tree_map(
-             np.asarray, jax.device_get(run.state.params["method"]))}
-  for step in (steps if steps is not None else [int(run.state.step)]):
-    state = run.state if step == int(run.state.step) else \
-        run.checkpointer.restore(run.state, step)
-    _, feats = run.evaluate(state, datasets)
-    out[step] = {s: f["embedding"] for s, f in feats.items()}
-  run.checkpointer.close()
-  run.writer.close()
+             np.asarray, jax.device_get(restored.state.params["method"]))}
+  for step in (steps if steps is not None else [restored.step]):
+    at = restored if step == restored.step else train.restore(config, workdir, step)
+    out[step] = {s: at.embed(ds)["embedding"] for s, ds in datasets.items()}
+    if at is not restored:
+      at.close()
+  restored.close()
   return out
 
 

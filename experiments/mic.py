@@ -11,7 +11,7 @@ The procedural dataset (``dmlx.data.procedural``) stores, for every image, four
 latent attributes that are shared across classes (colour, orientation, scale,
 background): exactly the "interclass characteristics" MIC's auxiliary encoder
 E_β is meant to capture. On its zero-shot split (24 training classes, 24
-unseen test classes, ``configs/mic_procedural.py``) the script measures:
+unseen test classes, ``configs/mic.py:dataset=procedural``) the script measures:
 
 1. Table 6 of the paper, the ablation: the margin-loss baseline; + E_β trained
    on clusters of the *unstandardised* features (γ = 0); + per-class
@@ -139,7 +139,7 @@ def nmi(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def base_config(epochs: int, quick: bool):
-  config = common.load_config("configs/mic_procedural.py")
+  config = common.load_config("configs/mic.py", "dataset=procedural")
   updates = {"train.epochs": epochs, "train.tensorboard": False,
              "eval.untrained_baseline": False, "eval.metrics": ("recall", "nmi")}
   if quick:
@@ -163,19 +163,15 @@ def variant(config, updates: dict, seed: int):
 def trained_features(config, workdir: str) -> dict:
   """Restores the run in ``workdir`` and embeds its train and test splits:
   ``{'train'|'test': {'embedding', 'aux_embedding'?: [N, D]}, 'data': ...}``."""
-  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
-  run = loop.setup(config, workdir, quiet=True)
-  if not run.resumed:
-    raise FileNotFoundError(f"no checkpoint in {workdir}")
-  ctx = run.host_context(run.state.params, run.state.batch_stats,
-                         config.train.epochs)
-  layers = ["embedding"] + (["aux_embedding"]
-                            if config.model.aux_embedding_dim else [])
-  feats = {split: {layer: ctx.embed(layer, ds) for layer in layers}
-           for split, ds in (("train", run.train_ds), ("test", run.test_ds))}
-  feats["data"] = {"train": run.train_ds, "test": run.test_ds}
-  run.checkpointer.close()
-  run.writer.close()
+  from dmlx import train  # pylint: disable=g-import-not-at-top
+  restored = train.restore(config, workdir)
+  run = restored.run
+  layers = ("embedding",) + (("aux_embedding",)
+                             if config.model.aux_embedding_dim else ())
+  feats = {split: restored.embed(ds, layers)
+           for split, ds in (("train", run.train), ("test", run.test))}
+  feats["data"] = {"train": run.train, "test": run.test}
+  restored.close()
   return feats
 
 
@@ -199,11 +195,12 @@ def surrogate_nmi(config, workdir: str) -> dict:
   """NMI(first surrogate labels, class / attribute) on the untrained network's
   pooled training features, for each standardisation mode (Sec. 3.3)."""
   from dmlx.methods import mic  # pylint: disable=g-import-not-at-top
-  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
+  from dmlx.train import run as run_lib  # pylint: disable=g-import-not-at-top
   shutil.rmtree(workdir, ignore_errors=True)
-  run = loop.setup(config, workdir, quiet=True)
-  ctx = run.host_context(run.state.params, run.state.batch_stats, 0)
-  pooled, train = ctx.embed("pooled"), run.train_ds
+  run = run_lib.build(config, workdir, quiet=True)
+  state, _ = run_lib.fresh_state(run)
+  ctx = run_lib.host_context(run, state, 0)
+  pooled, train = ctx.embed("pooled"), run.train
   rows = {}
   for mode in ("none", "mean", "mean_std"):
     labels = mic.compute_surrogate_labels(

@@ -9,7 +9,7 @@ neighbour Gaussian kernels", ICIP 2018).
       --merge=experiments/results/nngk.json,/tmp/s12/nngk.json  # pool seeds
   python experiments/nngk.py --quick    # smoke version (~75 CPU-s)
 
-Every run uses the network, data and budget of ``configs/nngk.py:procedural``
+Every run uses the network, data and budget of ``configs/nngk.py:dataset=procedural``
 (a 3-block small CNN, 64-d embedding, batches of 20, the same epochs); only
 the loss and what it needs (sampler, normalisation) differ:
 
@@ -18,7 +18,7 @@ the loss and what it needs (sampler, normalisation) differ:
     accuracy with its own classifier (eq. 3 over the 100 nearest training
     centres, ``Method.evaluate``) against a softmax cross-entropy network's
     accuracy with its own linear classifier head (restored from the
-    checkpoint with ``dmlx.train.loop.setup``). Both are also scored by 1-NN
+    checkpoint with ``dmlx.train.restore``). Both are also scored by 1-NN
     on their embeddings, a classifier that favours neither loss.
 (b) Zero-shot split (first half of the classes train, the unseen half test),
     Section 3.1 / Tables 1-2, claim "NNGK beats triplet semi-hard": Recall@K,
@@ -73,7 +73,7 @@ TRIPLET = {"method.name": "loss", "loss.name": "triplet_semihard",
            "sampler.images_per_class": 4}
 FIXED = {"method.learn_weights": False}
 
-# (split, name) -> overrides of configs/nngk.py:procedural[,cls].
+# (split, name) -> overrides of configs/nngk.py:dataset=procedural[,cls].
 RUNS = {
     ("cls", "nngk"): {},
     ("cls", "nngk_fixed_w"): FIXED,
@@ -86,8 +86,8 @@ RUNS = {
 
 def _config(split: str, overrides: dict, seed: int):
   config = common.load_config("configs/nngk.py",
-                              "procedural,cls" if split == "cls"
-                              else "procedural")
+                              "dataset=procedural,cls" if split == "cls"
+                              else "dataset=procedural")
   updates = {"seed": seed, "train.tensorboard": False, **overrides}
   if FLAGS.quick:
     updates.update({"train.epochs": 3, "data.options.num_classes": 24,
@@ -101,24 +101,21 @@ def classifier_accuracies(config, workdir: str) -> dict[str, float]:
   """Restores the trained run and scores its test embeddings: 1-NN among the
   training embeddings and, for a softmax run, its own linear head."""
   from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top
-  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
-  run = loop.setup(config, workdir, quiet=True)
+  from dmlx import train  # pylint: disable=g-import-not-at-top
+  restored = train.restore(config, workdir)
   try:
-    if not run.resumed:
-      raise FileNotFoundError(f"no checkpoint in {workdir}")
-    ctx = run.host_context(run.state.params, run.state.batch_stats,
-                           config.train.epochs)
-    train_x, test_x = ctx.embed(), ctx.embed(dataset=run.test_ds)
+    run = restored.run
+    ctx = restored.context()
+    train_x, test_x = ctx.embed(), ctx.embed(dataset=run.test)
     out = {"1nn_accuracy": dmlx_eval.knn_accuracy(
-        train_x, run.train_ds.labels, test_x, run.test_ds.labels, 1)}
-    head = run.state.params["method"]
+        train_x, run.train.labels, test_x, run.test.labels, 1)}
+    head = restored.state.params["method"]
     if "kernel" in head:   # softmax: logits = x W + b (dmlx.losses softmax)
       logits = test_x @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
       out["head_accuracy"] = float(np.mean(np.argmax(logits, 1) ==
-                                           run.test_ds.labels))
+                                           run.test.labels))
   finally:
-    run.checkpointer.close()
-    run.writer.close()
+    restored.close()
   return out
 
 

@@ -5,11 +5,12 @@ miner, so a results table can put PML's triplet / multi-similarity losses next
 to dmlx's runs of the same config:
 
   taskset -c 1 python experiments/pml_reference.py \
-      --config_arg=omniglot,triplet_semihard --loss=multi_similarity \
+      --config_arg=dataset=omniglot,method=triplet_semihard \
+      --loss=multi_similarity \
       --workdir=/tmp/pml_ms --threads=1
 
 ``--config_arg`` is the argument of ``configs/real_data.py``
-(``'<dataset>,<method>[,<protocol>]'``); only its data, network, sampler,
+(``'dataset=...,method=...[,protocol=...]'``); only its data, network, sampler,
 optimiser, budget, seed and evaluation are used — the loss is PML's:
 
 * ``triplet_semihard``: ``losses.TripletMarginLoss(margin=0.2)`` on the
@@ -47,7 +48,7 @@ replica calls dmlx's own code wherever it can):
   with the *biased* batch variance as flax does (``torch.nn.BatchNorm2d``
   uses the unbiased one).
 * **initial weights** (default ``init='dmlx'``): the flax network is
-  initialised exactly as ``dmlx.train.loop.create_model_and_state`` does
+  initialised exactly as ``dmlx.train.run.fresh_state`` does
   (``model.init`` with ``split(PRNGKey(seed), 3)[0]``) and its parameters are
   copied into the torch modules, so both runs *start from the same weights*.
   ``init='torch'`` keeps PyTorch's default initialisation instead (Kaiming
@@ -230,7 +231,7 @@ def build_torch_model(model_cfg, in_channels: int) -> EmbeddingNet:
 
 
 def flax_init(config, in_channels: int):
-  """``(variables, k_run)`` exactly as ``dmlx.train.loop.create_model_and_state``
+  """``(variables, k_run)`` exactly as ``dmlx.train.run.fresh_state``
   makes them: the flax network's initial ``{'params', 'batch_stats'}`` and the
   key of the training steps (augmentation)."""
   import jax
@@ -447,7 +448,7 @@ def train_pml(config, loss: str, workdir: str, threads: int = 1, *,
   losses, mined = [], []
   model.train()
   for g in range(total_steps):
-    index = sampler.batch(g // sampler.steps_per_epoch, g % sampler.steps_per_epoch)
+    index = sampler.batch(g)
     x = augment(train_ds.images[index], g)
     y = torch.from_numpy(train_ds.labels[index].astype(np.int64))
     emb = model(x)["embedding"]
@@ -521,8 +522,9 @@ def load_config(arg: str, steps: int = 0, seed: int | None = None,
   """``configs/real_data.py``'s ``get_config(arg)``; ``steps > 0`` sets
   ``train.epochs = 1, train.steps_per_epoch = steps``; ``seed`` and
   ``data_dir`` override ``config.seed`` / ``config.data.data_dir``."""
-  import runpy
-  config = runpy.run_path(os.path.join(ROOT, "configs", "real_data.py"))["get_config"](arg)
+  sys.path.insert(0, ROOT)
+  from configs import real_data  # pylint: disable=g-import-not-at-top
+  config = real_data.get_config(arg)
   if steps:
     config.train.epochs, config.train.steps_per_epoch = 1, steps
   if seed is not None:
@@ -536,8 +538,9 @@ def load_config(arg: str, steps: int = 0, seed: int | None = None,
 
 def _define_flags():
   from absl import flags
-  flags.DEFINE_string("config_arg", "omniglot,triplet_semihard",
-                      "Argument of configs/real_data.py: '<dataset>,<method>[,<protocol>]'.")
+  flags.DEFINE_string("config_arg", "dataset=omniglot,method=triplet_semihard",
+                      "Argument of configs/real_data.py: "
+                      "'dataset=...,method=...[,protocol=...]'.")
   flags.DEFINE_enum("loss", "triplet_semihard", list(LOSSES), "PML loss and miner.")
   flags.DEFINE_string("workdir", None, "Output directory (final_metrics.json).")
   flags.DEFINE_integer("steps", 0, "> 0: train this many steps (epochs=1) instead "

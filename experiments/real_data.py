@@ -14,8 +14,8 @@ and classification on Tiny ImageNet.
   # print the tables again from the saved runs
   python experiments/real_data.py --dataset=omniglot --report_only
 
-Every dmlx run is ``launch/train.py --config=configs/real_data.py:<dataset>,
-<method>,<protocol> --config.seed=<seed>`` (the settings, and what was tuned
+Every dmlx run is ``launch/train.py --config=configs/real_data.py:dataset=<d>,
+method=<m>,protocol=<p> --config.seed=<seed>`` (the settings, and what was tuned
 on validation classes, are in ``configs/real_data.py``); every
 pytorch-metric-learning run is ``experiments/pml_reference.py`` with the
 same network, split, P×K batches, augmentation, optimiser and steps. Beside
@@ -89,8 +89,12 @@ def run_dir(method: str, seed: int, tag: str = "") -> str:
                       f"seed{seed}")
 
 
+def config_arg(method: str) -> str:
+  return f"dataset={FLAGS.dataset},method={method},protocol={FLAGS.protocol}"
+
+
 def dmlx_command(method: str, seed: int, workdir: str) -> list[str]:
-  arg = f"{FLAGS.dataset},{method},{FLAGS.protocol}"
+  arg = config_arg(method)
   cmd = [sys.executable, os.path.join(common.ROOT, "launch", "train.py"),
          f"--config={os.path.join(common.ROOT, 'configs', 'real_data.py')}:{arg}",
          f"--workdir={workdir}", f"--config.seed={seed}",
@@ -108,7 +112,7 @@ def dmlx_command(method: str, seed: int, workdir: str) -> list[str]:
 def pml_command(loss: str, seed: int, workdir: str) -> list[str]:
   cmd = [sys.executable, os.path.join(common.ROOT, "experiments",
                                       "pml_reference.py"),
-         f"--config_arg={FLAGS.dataset},triplet_semihard,{FLAGS.protocol}",
+         f"--config_arg={config_arg('triplet_semihard')}",
          f"--loss={loss}", f"--workdir={workdir}", f"--seed={seed}",
          "--threads=1", f"--cache_dir={os.path.join(FLAGS.workdir, 'cache')}"]
   if FLAGS.data_dir:
@@ -158,8 +162,7 @@ def raw_pixels() -> dict:
   from dmlx.data import augment  # pylint: disable=g-import-not-at-top
   from dmlx.data import pipeline  # pylint: disable=g-import-not-at-top
   config = common.load_config("configs/real_data.py",
-                              f"{FLAGS.dataset},triplet_semihard,"
-                              f"{FLAGS.protocol}")
+                              config_arg("triplet_semihard"))
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   data = pipeline.load_splits(config.data)
@@ -203,9 +206,8 @@ def saved_rows() -> list[str]:
 
 
 def _method_names() -> list[str]:
-  import runpy  # pylint: disable=g-import-not-at-top
-  shared = runpy.run_path(os.path.join(common.ROOT, "configs", "real_data.py"))
-  return list(shared["METHODS"])
+  from configs import real_data  # pylint: disable=g-import-not-at-top
+  return list(real_data.METHODS)
 
 
 def collect(names: list[str]) -> dict:

@@ -26,7 +26,7 @@ that number is reported beside it (``test_l2``).
 Datasets (``--dataset``): ``omniglot`` (default; the 136-character
 "background small 1" archive in ``/work/shared/data``, 68 training / 68 test
 characters, 20 drawings each: many classes with few images, the paper's
-regime), ``procedural`` (offline, ``configs/vohays_procedural.py``'s data)
+regime), ``procedural`` (offline, ``configs/vohays.py:dataset=procedural``'s data)
 and ``tinyimagenet`` (the 101-class subset). Prints the per-layer table
 (like the paper's Table 2) and writes
 ``experiments/results/vohays[_<dataset>][_quick].json`` and
@@ -106,9 +106,9 @@ def _data_overrides(dataset: str, root: str) -> dict:
 
 def make_config(variant: str, seed: int, epochs: int, steps: int,
                 overrides: dict):
-  """``configs/vohays_procedural.py:<variant>`` with the experiment's data,
-  budget and every checkpoint kept."""
-  c = common.load_config("configs/vohays_procedural.py", variant)
+  """``configs/vohays.py:net=<variant>`` with the experiment's data, budget
+  and every checkpoint kept."""
+  c = common.load_config("configs/vohays.py", f"net={variant}")
   updates = {"seed": seed, "train.epochs": epochs,
              "train.steps_per_epoch": steps,
              "train.max_checkpoints": epochs + 1,
@@ -127,20 +127,20 @@ def layer_curves(config, workdir: str) -> dict:
   cosine nearest neighbours on L2-normalised features (as the authors
   evaluate), and Euclidean on the raw features for ``test_l2``."""
   from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top
-  from dmlx.train import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  from dmlx.train import loop  # pylint: disable=g-import-not-at-top
+  from dmlx.train import evaluators as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from dmlx.train import run as run_lib  # pylint: disable=g-import-not-at-top
   from dmlx.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
-  run = loop.setup(config, workdir, quiet=True)
+  run = run_lib.build(config, workdir, quiet=True)
   layers = [l for l in run.layers if l != "embedding"]
-  data = {"train": evaluate_lib.subsample(run.train_ds, config.eval.train_subset,
+  data = {"train": evaluate_lib.subsample(run.train, config.eval.train_subset,
                                           config.seed),
-          "test": run.test_ds}
-  _, params, stats, _, _ = loop.create_model_and_state(
-      config, run.train_ds, run.method, run.mesh)
-  states = [(0, {"params": params["model"], "batch_stats": stats})]
+          "test": run.test}
+  fresh, _ = run_lib.fresh_state(run)
+  states = [(0, {"params": fresh.params["model"],
+                 "batch_stats": fresh.batch_stats})]
   for step in sorted(run.checkpointer.manager.all_steps()):
-    state = run.checkpointer.restore(run.state, step)
+    state, _ = run_lib.restore_state(run, step)
     states.append((step, {"params": state.params["model"],
                           "batch_stats": state.batch_stats}))
   out = {"steps": [s for s, _ in states]}
@@ -153,8 +153,9 @@ def layer_curves(config, workdir: str) -> dict:
 
   for _, variables in states:
     for split, ds in data.items():
-      feats = step_lib.extract_features(run.feature_fn, variables, ds.images,
-                                        run.mesh, config.eval.batch_size)
+      feats = step_lib.extract_features(run.features, variables, ds.images,
+                                        run.mesh, config.eval.batch_size,
+                                        tuple(layers))
       for l in layers:
         f = feats[l]
         unit = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)

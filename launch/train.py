@@ -1,20 +1,26 @@
 """Trains a dmlx model from an ml_collections config.
 
-  python launch/train.py --config=configs/default.py --workdir=/tmp/dmlx_run \
+  python launch/train.py --config=configs/default.py --workdir=/tmp/dmlx_run \\
       --config.train.epochs=3
+  python launch/train.py --config=configs/real_data.py:dataset=omniglot,method=nngk
 
 Rerunning the same command with the same ``--workdir`` resumes from the latest
-checkpoint. Kept short on purpose: the work is in ``dmlx.train``.
+checkpoint. A config file that became a variant of another
+(``configs/omniglot_nngk.py``) is still accepted: the launcher says what it
+is now. Kept short on purpose: the work is in ``dmlx.train``.
 """
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+import configs  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -33,4 +39,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  sys.argv = configs.translate_argv(sys.argv, ROOT)
   app.run(main)

@@ -17,8 +17,6 @@ from dmlx.data.digits import load_digits
 from dmlx.data.samplers import PKSampler
 from dmlx.methods.base import ModelInfo
 from dmlx.train import step as step_lib
-from dmlx.train.state import TrainState
-from dmlx.train import optim
 
 
 def main(loss_name):
@@ -29,22 +27,22 @@ def main(loss_name):
   c.data.mean, c.data.std = (0.2,), (0.35,)
   ds = load_digits(16)
   model = models.build_model(c.model)
-  method = methods.make(c)
+  method, cfg = methods.from_config(c)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
   info = ModelInfo(num_classes=10, num_train=len(ds), embedding_dim=c.model.embedding_dim)
   params = {"model": variables["params"],
-            "method": method.init_params(jax.random.PRNGKey(1), info)}
-  tx = optim.make_optimizer(c.optim, 100)
-  state = TrainState(step=jnp.asarray(0), params=params, batch_stats=variables["batch_stats"],
-                     opt_state=tx.init(params), method_state={}, rng=jax.random.PRNGKey(2))
-  idx = PKSampler(ds.labels, 8, 4, 0).batch(0, 0)
+            "method": method.init_params(cfg, jax.random.PRNGKey(1), info)}
+  idx = PKSampler(ds.labels, 8, 4, 0).batch(0)
   batch = {"images": ds.images[idx], "labels": ds.labels[idx], "index": idx.astype(np.int32)}
   out = {}
   for n in (1, 8):
     mesh = step_lib.make_mesh(jax.devices()[:n])
-    fn = jax.jit(step_lib.make_grad_fn(model, method, c.data))
+    fn = jax.jit(step_lib.make_grad_fn(model, method.loss, cfg, c.data))
     sharded = step_lib.shard_batch(mesh, batch)
-    loss, _, stats, grads = fn(step_lib.replicate(mesh, state), sharded)
+    loss, _, stats, grads = fn(
+        step_lib.replicate(mesh, params),
+        step_lib.replicate(mesh, variables["batch_stats"]), (), sharded,
+        jax.random.PRNGKey(2))
     out[n] = (float(loss), jax.device_get(grads), jax.device_get(stats),
               len(sharded["images"].sharding.device_set))
   scale = max(float(np.max(np.abs(a))) for a in jax.tree_util.tree_leaves(out[1][1]))

@@ -12,7 +12,10 @@ import pytest
 from dmlx.data.base import Dataset
 from dmlx.losses import _density
 from dmlx.methods import dmlda
+from dmlx import losses as dmlx_losses
+from dmlx.methods import base as base_lib
 from dmlx.methods.base import HostContext, ModelInfo
+from dmlx.train import evaluators
 
 NUM_CLASSES = 8
 # Jitted entry points (eager dispatch of every op is slow on a busy CPU).
@@ -356,36 +359,53 @@ def test_original_density_matches_reference_and_fills_singletons():
 # ----------------------------------------------------------------------------
 # The Method factory, with a stub base-loss registry.
 
+def _stub_contrastive(embeddings, labels, *, margin=1.0):
+  """Stands in for a registry loss: eq. (2) contrastive loss (mean over pairs)."""
+  d = jnp.sum(jnp.square(embeddings[:, None] - embeddings[None]), -1)
+  same = labels[:, None] == labels[None, :]
+  off = ~jnp.eye(len(labels), dtype=bool)
+  per_pair = jnp.where(same, d, jax.nn.relu(margin - d))
+  loss = jnp.sum(jnp.where(off, per_pair, 0.0)) / jnp.sum(off)
+  return loss, {"per_example": jnp.sum(jnp.where(off, per_pair, 0.0), 1)}
+
+
 class StubRegistry:
-  """Stands in for dmlx.losses: eq. (2) contrastive loss (mean over pairs)."""
+  """The stub's value as the tests compare it."""
 
   @staticmethod
-  def init(name, rng, num_classes, dim, **kwargs):
-    del rng, num_classes, dim, kwargs
-    assert name == "contrastive"
-    return {}
+  def apply(name, embeddings, labels, margin=1.0):
+    assert name == "stub_contrastive"
+    return _stub_contrastive(embeddings, labels, margin=margin)
 
-  @staticmethod
-  def apply(name, embeddings, labels, params=None, rng=None, margin=1.0):
-    del params, rng
-    assert name == "contrastive"
-    d = jnp.sum(jnp.square(embeddings[:, None] - embeddings[None]), -1)
-    same = labels[:, None] == labels[None, :]
-    off = ~jnp.eye(len(labels), dtype=bool)
-    per_pair = jnp.where(same, d, jax.nn.relu(margin - d))
-    loss = jnp.sum(jnp.where(off, per_pair, 0.0)) / jnp.sum(off)
-    return loss, {"per_example": jnp.sum(jnp.where(off, per_pair, 0.0), 1)}
+
+@pytest.fixture(autouse=True)
+def stub_loss(monkeypatch):
+  monkeypatch.setitem(dmlx_losses.REGISTRY, "stub_contrastive",
+                      dmlx_losses.LossSpec(_stub_contrastive))
 
 
 def _config(**method):
   cfg = ml_collections.ConfigDict()
   cfg.method = ml_collections.ConfigDict(dict(
-      regularizer="density", lam=10.0, eta=0.5, alpha_init=0.5,
+      name="dmlda", regularizer="density", lam=10.0, eta=0.5, alpha_init=0.5,
       correlation=True))
   cfg.method.update(method)
   cfg.loss = ml_collections.ConfigDict(dict(
-      name="contrastive", kwargs=ml_collections.ConfigDict({"margin": 1.0})))
+      name="stub_contrastive",
+      kwargs=ml_collections.ConfigDict({"margin": 1.0})))
+  cfg.eval = ml_collections.ConfigDict({"train_subset": 0})
   return cfg
+
+
+def _settings(cfg):
+  return dmlda.METHOD.settings(cfg)
+
+
+def _loss(s):
+  return lambda *a: dmlda.loss(s, *a)
+
+
+INFO = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
 
 
 def _context(cfg, num_train=40, feature_dim=16, seed=0):
@@ -403,7 +423,7 @@ def _context(cfg, num_train=40, feature_dim=16, seed=0):
     return pooled
 
   ctx = HostContext(config=cfg, train=train, embed=embed, params={}, epoch=0,
-                    seed=0, log=lambda s: None)
+                    step=0, seed=0, log=lambda s: None)
   return ctx, pooled, labels, calls
 
 
@@ -418,25 +438,32 @@ def _fake_step_inputs(seed=0, dim=6):
   return outputs, batch
 
 
-def test_make_density_method_end_to_end():
+def _refreshed(s, cfg):
+  ctx, pooled, labels, calls = _context(cfg)
+  state = dmlda.refresh(s, ctx, dmlda.init_state(s, INFO))
+  return state.device, pooled, labels, calls
+
+
+def test_density_method_end_to_end():
   cfg = _config()
-  method = dmlda.make(cfg, registry=StubRegistry)
-  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
-  params = method.init_params(jax.random.key(0), info)
+  s = _settings(cfg)
+  params = dmlda.init_params(s, jax.random.key(0), INFO)
   np.testing.assert_array_equal(params["target_density"],
                                 np.full(NUM_CLASSES, 0.5, np.float32))
-  ctx, pooled, train_labels, calls = _context(cfg)
-  state = method.init_state(ctx)
+  template = dmlda.init_state(s, INFO).device
+  assert isinstance(template, dmlda.DensityState)
+  assert np.all(np.asarray(template.original_density) == 0)   # no embedding
+  state, pooled, train_labels, calls = _refreshed(s, cfg)
   assert calls == ["pooled"]
   assert isinstance(state, dmlda.DensityState)
   ref_d0, _ = ref_class_density(pooled, train_labels, NUM_CLASSES)
   np.testing.assert_allclose(state.original_density, ref_d0, rtol=1e-5)
 
   outputs, batch = _fake_step_inputs()
-  loss_fn = jax.jit(jax.value_and_grad(method.loss, has_aux=True))
+  loss_fn = jax.jit(jax.value_and_grad(_loss(s), has_aux=True))
   (loss, aux), grads = loss_fn(params, outputs, batch, state,
                                jax.random.key(1))
-  base, _ = StubRegistry.apply("contrastive", outputs["embedding"],
+  base, _ = StubRegistry.apply("stub_contrastive", outputs["embedding"],
                                batch["labels"])
   reg = ref_density_regularizer(np.asarray(outputs["embedding"]), LABELS,
                                 np.full(NUM_CLASSES, 0.5), ref_d0)
@@ -448,21 +475,21 @@ def test_make_density_method_end_to_end():
   assert np.all(np.isfinite(ga)) and np.all(ga[[1, 3, 6]] != 0)
 
 
-def test_make_density_minus_skips_original_density():
+def test_density_minus_skips_original_density():
   for cfg in (_config(regularizer="density_minus"),
               _config(correlation=False)):
-    method = dmlda.make(cfg, registry=StubRegistry)
+    s = _settings(cfg)
     ctx, _, _, calls = _context(cfg)
-    assert method.init_state(ctx) is None and calls == []
+    state = dmlda.refresh(s, ctx, dmlda.init_state(s, INFO))
+    assert state.device == () and calls == []
   outputs, batch = _fake_step_inputs(seed=3)
-  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
   values = []
   for cfg in (_config(regularizer="density_minus"),
               _config(correlation=False)):
-    method = dmlda.make(cfg, registry=StubRegistry)
-    params = method.init_params(jax.random.key(0), info)
-    values.append(jax.jit(method.loss)(params, outputs, batch, None,
-                                       jax.random.key(0))[0])
+    s = _settings(cfg)
+    params = dmlda.init_params(s, jax.random.key(0), INFO)
+    values.append(jax.jit(_loss(s))(params, outputs, batch, (),
+                                    jax.random.key(0))[0])
   np.testing.assert_allclose(values[0], values[1], rtol=1e-6)
 
 
@@ -471,18 +498,15 @@ def test_make_density_minus_skips_original_density():
     ("entropy", lambda x, l: ref_entropy(x)),
     ("none", lambda x, l: 0.0),
 ])
-def test_make_other_regularizers(regularizer, ref):
+def test_other_regularizers(regularizer, ref):
   cfg = _config(regularizer=regularizer, lam=2.0)
-  method = dmlda.make(cfg, registry=StubRegistry)
-  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
-  params = method.init_params(jax.random.key(0), info)
+  s = _settings(cfg)
+  params = dmlda.init_params(s, jax.random.key(0), INFO)
   assert "target_density" not in params
-  ctx, _, _, _ = _context(cfg)
-  assert method.init_state(ctx) is None
+  assert dmlda.init_state(s, INFO).device == ()
   outputs, batch = _fake_step_inputs(seed=4)
-  loss, _ = jax.jit(method.loss)(params, outputs, batch, None,
-                                 jax.random.key(0))
-  base, _ = StubRegistry.apply("contrastive", outputs["embedding"],
+  loss, _ = jax.jit(_loss(s))(params, outputs, batch, (), jax.random.key(0))
+  base, _ = StubRegistry.apply("stub_contrastive", outputs["embedding"],
                                batch["labels"])
   expected = float(base) + 2.0 * ref(np.asarray(outputs["embedding"]), LABELS)
   np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
@@ -493,28 +517,26 @@ def test_make_other_regularizers(regularizer, ref):
     ("lam", -1.0, "lam"),
     ("eta", float("nan"), "eta"),
     ("alpha_init", float("inf"), "alpha_init"),
+    ("base", "registry", r"config\.method\.base is not a setting"),
 ])
-def test_make_rejects_bad_config(field, value, match):
+def test_rejects_bad_config(field, value, match):
   with pytest.raises(ValueError, match=match):
-    dmlda.make(_config(**{field: value}), registry=StubRegistry)
+    _settings(_config(**{field: value}))
 
 
-def test_make_with_the_real_loss_registry():
-  losses = pytest.importorskip("dmlx.losses")
+def test_with_the_real_loss_registry():
   cfg = _config()
   cfg.loss = ml_collections.ConfigDict(dict(
       name="triplet_all",
       kwargs=ml_collections.ConfigDict(dict(margin=1.0, squared=True))))
-  method = dmlda.make(cfg)
-  assert method.name == "dmlda:density:triplet_all"
-  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
-  params = method.init_params(jax.random.key(0), info)
-  state = method.init_state(_context(cfg)[0])
+  s = _settings(cfg)
+  params = dmlda.init_params(s, jax.random.key(0), INFO)
+  state, _, _, _ = _refreshed(s, cfg)
   outputs, batch = _fake_step_inputs(seed=5)
-  loss, aux = jax.jit(method.loss)(params, outputs, batch, state,
-                                   jax.random.key(0))
-  base, _ = losses.triplet_all(outputs["embedding"], batch["labels"],
-                               margin=1.0, squared=True)
+  loss, aux = jax.jit(_loss(s))(params, outputs, batch, state,
+                                jax.random.key(0))
+  base, _ = dmlx_losses.triplet_all(outputs["embedding"], batch["labels"],
+                                    margin=1.0, squared=True)
   reg, _ = density_regularizer(outputs["embedding"], batch["labels"],
                                params["target_density"],
                                state.original_density)
@@ -582,39 +604,35 @@ def test_dmlda_contrastive_degenerate_and_bad_input():
     _density.dmlda_contrastive(x, labels[:-1])
 
 
-def test_make_with_dmlda_contrastive_base():
-  cfg = _config(base="dmlda_contrastive")
+def test_with_dmlda_contrastive_base():
+  cfg = _config()
   cfg.loss = ml_collections.ConfigDict(dict(
-      name="not_in_any_registry",
+      name="dmlda_contrastive",
       kwargs=ml_collections.ConfigDict({"margin": 0.8})))
-  method = dmlda.make(cfg)
-  assert method.name == "dmlda:density:dmlda_contrastive"
-  info = ModelInfo(num_classes=NUM_CLASSES, num_train=40, embedding_dim=6)
-  params = method.init_params(jax.random.key(0), info)
+  s = _settings(cfg)
+  params = dmlda.init_params(s, jax.random.key(0), INFO)
   assert params["base"] == {}
-  state = method.init_state(_context(cfg)[0])
+  state, pooled, train_labels, _ = _refreshed(s, cfg)
   outputs, batch = _fake_step_inputs(seed=6)
-  loss, aux = jax.jit(method.loss)(params, outputs, batch, state,
-                                   jax.random.key(0))
+  loss, aux = jax.jit(_loss(s))(params, outputs, batch, state,
+                                jax.random.key(0))
   x = np.asarray(outputs["embedding"])
-  ref_d0, _ = ref_class_density(_context(cfg)[1], _context(cfg)[2],
-                                NUM_CLASSES)
+  ref_d0, _ = ref_class_density(pooled, train_labels, NUM_CLASSES)
   expected = (ref_dmlda_contrastive(x, LABELS, 0.8) + 10.0 *
               ref_density_regularizer(x, LABELS, np.full(NUM_CLASSES, 0.5),
                                       ref_d0))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   assert "base/negative_loss" in aux
-  bad = _config(base="dmlda_contrastive")
-  bad.loss.kwargs = ml_collections.ConfigDict({"neg_margin": 1.0})
+  bad = _config()
+  bad.loss = ml_collections.ConfigDict(dict(
+      name="dmlda_contrastive",
+      kwargs=ml_collections.ConfigDict({"neg_margin": 1.0})))
   with pytest.raises(ValueError, match="neg_margin"):
-    dmlda.make(bad)
-  with pytest.raises(ValueError, match="base"):
-    dmlda.make(_config(base="contrastive_paper"))
+    _settings(bad)
 
 
-def test_method_evaluate_reports_densities():
+def test_evaluator_reports_densities():
   cfg = _config()
-  method = dmlda.make(cfg, registry=StubRegistry)
   ctx, pooled, labels, calls = _context(cfg)
   train_emb = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
   embedded = []
@@ -622,13 +640,17 @@ def test_method_evaluate_reports_densities():
   def embed(layer="embedding", dataset=None):
     embedded.append((layer, len(dataset) if dataset is not None else None))
     return train_emb
-  ctx.embed = embed
-  ctx.params = {"target_density": np.array([0.2, 0.4] * 4, np.float32)}
   test_x, test_labels, _, _ = _batch(seed=13, dim=6)
   test_ds = Dataset(images=np.zeros((len(test_labels), 2, 2, 3), np.uint8),
                     labels=test_labels,
                     class_names=tuple(str(c) for c in range(NUM_CLASSES)))
-  out = method.evaluate(ctx, None, test_ds, test_x)
+  eval_ctx = base_lib.EvalContext(
+      config=cfg, train=ctx.train, embed=embed,
+      params={"target_density": np.array([0.2, 0.4] * 4, np.float32)},
+      epoch=1, step=10, seed=0, log=ctx.log, test=test_ds,
+      test_features={"embedding": test_x}, method_config=_settings(cfg),
+      seen_classes=False)
+  out = evaluators.run_evaluators(("dmlda_densities",), eval_ctx)
   ref_test, counts = ref_class_density(test_x, test_labels, NUM_CLASSES)
   measured = counts >= 2
   np.testing.assert_allclose(out["test_density"], ref_test[measured].mean(),

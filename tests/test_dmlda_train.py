@@ -3,22 +3,18 @@ learnable parameters) move during training, and they and the original
 densities D⁽⁰⁾ are written to the checkpoint and restored from it."""
 from __future__ import annotations
 
-import os
-import runpy
-
 import jax
 import numpy as np
 
+import configs
+from dmlx import train
 from dmlx.methods import dmlda
 from dmlx.train import checkpoint as ckpt_lib
 from dmlx.train import loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _tiny_config():
-  c = runpy.run_path(os.path.join(ROOT, "configs", "dmlda_procedural.py"))[
-      "get_config"]("contrastive")
+  c = configs.load("dmlda.py:loss=contrastive,dataset=procedural")
   c.data.options.num_classes = 8
   c.data.options.per_class = 8
   c.data.image_size = 12
@@ -46,7 +42,7 @@ def test_target_density_moves_and_is_checkpointed(tmp_path, monkeypatch):
   original_save = ckpt_lib.Checkpointer.save
 
   def spy(self, step, state):
-    host = jax.device_get(state)
+    host = jax.device_get(state["train"])
     saved[step] = (np.array(host.params["method"]["target_density"]),
                    np.array(host.method_state.original_density))
     original_save(self, step, state)
@@ -66,13 +62,12 @@ def test_target_density_moves_and_is_checkpointed(tmp_path, monkeypatch):
   np.testing.assert_array_equal(d0_3, d0_6)
   assert np.all(d0_3 > 0)
 
-  # A new run on the same workdir restores exactly what was saved last.
-  run = loop.setup(config, workdir, quiet=True)
-  assert run.resumed and int(run.state.step) == 6
-  assert isinstance(run.state.method_state, dmlda.DensityState)
+  # Restoring the workdir gives exactly what was saved last.
+  restored = train.restore(config, workdir)
+  assert restored.step == 6
+  assert isinstance(restored.state.method_state, dmlda.DensityState)
   np.testing.assert_array_equal(
-      np.asarray(run.state.params["method"]["target_density"]), alpha6)
+      np.asarray(restored.state.params["method"]["target_density"]), alpha6)
   np.testing.assert_array_equal(
-      np.asarray(run.state.method_state.original_density), d0_6)
-  run.checkpointer.close()
-  run.writer.close()
+      np.asarray(restored.state.method_state.original_density), d0_6)
+  restored.close()

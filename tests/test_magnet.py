@@ -15,8 +15,11 @@ from jax.test_util import check_grads
 
 from dmlx.data.base import make_dataset
 from dmlx.losses._magnet import magnet_loss
+from dmlx.methods import base
 from dmlx.methods import magnet
 from dmlx.methods.base import HostContext
+from dmlx.methods.base import ModelInfo
+from dmlx.train import evaluators
 
 
 # ----------------------------------------------------------------------------
@@ -256,7 +259,7 @@ def test_sampler_neighbourhood_composition():
   assert sampler.batch_size == 12 and sampler.steps_per_epoch == 8
   means = np.asarray(index.means)
   for step in range(20):
-    rows = sampler.batch(0, step, index)
+    rows = sampler.batch(step, index)
     assert rows.shape == (M * D,)
     clusters = index.assignments[rows].reshape(M, D)
     assert (clusters == clusters[:, :1]).all()  # D examples from each cluster
@@ -275,10 +278,32 @@ def test_sampler_neighbourhood_composition():
     for m in range(M):
       if index.member_count[ids[m]] >= D:
         assert len(set(rows[m * D:(m + 1) * D].tolist())) == D
-  np.testing.assert_array_equal(sampler.batch(2, 3, index),
-                                sampler.batch(2, 3, index))
-  assert not np.array_equal(sampler.batch(2, 3, index),
-                            sampler.batch(2, 4, index))
+  np.testing.assert_array_equal(sampler.batch(19, index),
+                                sampler.batch(19, index))
+  assert not np.array_equal(sampler.batch(19, index),
+                            sampler.batch(20, index))
+
+
+def _empty_cache(index):
+  n = len(index.assignments)
+  return magnet.LossCache(assignments=np.asarray(index.assignments),
+                          example_loss=np.zeros(n, np.float32),
+                          example_seen=np.zeros(n, bool),
+                          sigma2_avg=np.asarray(0.0, np.float32),
+                          sigma2_weight=np.asarray(0.0, np.float32))
+
+
+def _cache(index, rows, losses, sigma2, cache=None):
+  """One step's losses written into the device cache (``update_state``,
+  jitted as in the step) and synchronised into the index (``sync``)."""
+  cfg = magnet.Config()
+  cache = _empty_cache(index) if cache is None else cache
+  cache = jax.jit(lambda c, a, b: magnet.update_state(cfg, c, a, b))(
+      cache, {"per_example_loss": jnp.asarray(losses, jnp.float32),
+              "sigma2": jnp.float32(sigma2)},
+      {"index": jnp.asarray(rows, jnp.int32)})
+  cache = jax.device_get(cache)
+  return cache, magnet.sync(cfg, index, cache)
 
 
 def test_sampler_small_cluster_with_replacement():
@@ -287,8 +312,8 @@ def test_sampler_small_cluster_with_replacement():
   # Force the 1-example cluster 12 to be the seed.
   losses = np.zeros(len(y), np.float32)
   losses[index.assignments == 12] = 1.0
-  index = magnet.cache_losses(index, np.arange(len(y)), losses, 1.0)
-  rows = magnet.NeighbourhoodSampler(len(y), 3, 4).batch(0, 0, index)
+  _, index = _cache(index, np.arange(len(y)), losses, 1.0)
+  rows = magnet.NeighbourhoodSampler(len(y), 3, 4).batch(0, index)
   np.testing.assert_array_equal(rows[:4], np.flatnonzero(index.assignments == 12)
                                 .repeat(4))
 
@@ -303,8 +328,9 @@ def test_cached_losses_change_seed_probabilities():
   # Cache a batch: cluster 5's examples have loss 3, cluster 0's loss 1.
   rows = np.concatenate([np.flatnonzero(index.assignments == 5)[:2],
                          np.flatnonzero(index.assignments == 0)[:2]])
-  new = magnet.cache_losses(index, rows, np.array([3., 3., 1., 1.]), 0.5)
-  assert new.example_loss.shape == index.example_loss.shape
+  cache, new = _cache(index, rows, np.array([3., 3., 1., 1.]), 0.5)
+  assert cache.example_loss.shape == index.assignments.shape
+  assert new.cluster_loss.shape == index.cluster_loss.shape
   np.testing.assert_allclose(new.cluster_loss[[5, 0]], [3.0, 1.0])
   # Unseen valid clusters get the mean seen loss (2.0); invalid ones 0.
   unseen = valid.copy()
@@ -315,13 +341,22 @@ def test_cached_losses_change_seed_probabilities():
   assert not np.allclose(p0, p1)
   # With all other clusters at zero loss, every seed is cluster 5.
   losses = np.where(index.assignments == 5, 2.0, 0.0)
-  only5 = magnet.cache_losses(index, np.arange(len(y)), losses, 0.5)
+  _, only5 = _cache(index, np.arange(len(y)), losses, 0.5)
   sampler = magnet.NeighbourhoodSampler(len(y), 3, 2, seed=1)
   for step in range(10):
-    assert sampler.clusters(0, step, only5)[0] == 5
+    assert sampler.clusters(step, only5)[0] == 5
   # The sigma2 running average is bias-corrected.
-  np.testing.assert_allclose(magnet.running_sigma2(new), 0.5, rtol=1e-6)
-  assert magnet.running_sigma2(index) == pytest.approx(float(index.index_sigma2))
+  np.testing.assert_allclose(magnet.running_sigma2(cache, new), 0.5, rtol=1e-6)
+  assert magnet.running_sigma2(_empty_cache(index), index) == pytest.approx(
+      float(index.index_sigma2))
+
+
+def test_repeated_rows_cache_the_mean_of_their_losses():
+  x, y = _blobs()
+  index = magnet.build_cluster_index(x, y, 4, 4, seed=0)
+  cache, _ = _cache(index, np.array([3, 3, 7]), np.array([1.0, 2.0, 5.0]), 1.0)
+  np.testing.assert_allclose(cache.example_loss[[3, 7]], [1.5, 5.0])
+  assert cache.example_seen.sum() == 2
 
 
 # ----------------------------------------------------------------------------
@@ -333,7 +368,7 @@ def _context(x, y, config, class_names=None):
   images = np.zeros((len(y), 2, 2, 1), np.uint8)
   train = make_dataset(images, y, class_names=class_names)
   return HostContext(config=config, train=train, embed=lambda *a, **k: x,
-                     params={}, epoch=0, seed=3, log=lambda s: None)
+                     params={}, epoch=0, step=0, seed=3, log=lambda s: None)
 
 
 def _signature(tree):
@@ -344,34 +379,50 @@ def test_method_end_to_end():
   x, y = _blobs(counts=(30, 30, 30, 30), modes=2)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   config = ml_collections.ConfigDict(
-      {"method": {"M": 3, "D": 4, "K": 2, "alpha": 1.0, "L": 8}})
-  method = magnet.make(config)
+      {"seed": 0, "method": {"name": "magnet", "M": 3, "D": 4, "K": 2,
+                             "alpha": 1.0, "L": 8}})
+  method = magnet.METHOD
+  cfg = method.settings(config)
   ctx = _context(x, y, config)
-  state = method.init_state(ctx)
-  sampler = method.make_sampler(ctx, state)
-  step_fn = jax.jit(lambda emb, batch, s: method.loss({}, {"embedding": emb},
+  template = method.init_state(cfg, ModelInfo(4, len(y), x.shape[1]))
+  state = method.refresh(cfg, ctx, template)
+  assert _signature(state) == _signature(template)
+  sampler = method.samplers(cfg, ctx, state)["train"]
+  step_fn = jax.jit(lambda emb, batch, s: method.loss(cfg, {}, {"embedding": emb},
                                                       batch, s, None))
+  update = jax.jit(lambda s, a, b: method.update_state(cfg, s, a, b))
   for step in range(3):
-    rows = sampler.batch(0, step, state)
+    rows = sampler.batch(step, state.host)
     batch = {"labels": y[rows], "index": rows}
-    loss, aux = step_fn(x[rows], batch, state)
-    ref, _, _ = reference_magnet(x[rows], y[rows], state.assignments[rows])
+    loss, aux = step_fn(x[rows], batch, state.device)
+    ref, _, _ = reference_magnet(x[rows], y[rows], state.device.assignments[rows])
     np.testing.assert_allclose(loss, ref, rtol=1e-4, atol=1e-6)
-    # The trainer (dmlx.train.step) passes only the non-scalar aux entries.
-    arrays = {k: v for k, v in aux.items() if np.ndim(v) > 0}
-    new = method.after_step(state, arrays, batch)
-    assert _signature(new) == _signature(state)  # no recompilation
-    state = new
-  assert state.example_seen.sum() > 0 and float(state.sigma2_weight) > 0
-  refreshed = method.refresh(ctx, state)
+    device = jax.device_get(update(state.device, aux, batch))
+    assert _signature(device) == _signature(state.device)  # no recompilation
+    state = base.MethodState(device=device,
+                             host=method.sync(cfg, state.host, device))
+  assert state.device.example_seen.sum() > 0
+  assert float(state.device.sigma2_weight) > 0
+  refreshed = method.refresh(cfg, ctx, state)
   assert _signature(refreshed) == _signature(state)
-  np.testing.assert_array_equal(refreshed.example_loss, state.example_loss)
-  assert magnet.running_sigma2(refreshed) == magnet.running_sigma2(state)
-  metrics = method.evaluate(ctx, state, ctx.train, x)
-  assert set(metrics) == {"knc_accuracy", "knn_accuracy"}
+  np.testing.assert_array_equal(refreshed.device.example_loss,
+                                state.device.example_loss)
+  assert (magnet.running_sigma2(refreshed.device, refreshed.host) ==
+          magnet.running_sigma2(state.device, state.host))
+
+  def eval_ctx(test, seen):
+    return base.EvalContext(
+        config=config, train=ctx.train, embed=ctx.embed, params={}, epoch=1,
+        step=3, seed=3, log=ctx.log, test=test, test_features={"embedding": x},
+        method_config=cfg, state=state, seen_classes=seen)
+
+  names = evaluators.names(ml_collections.ConfigDict({"evaluators": "auto"}),
+                           method)
+  metrics = evaluators.run_evaluators(names, eval_ctx(ctx.train, True))
+  assert set(metrics) == {"knc_accuracy", "knn_accuracy", "1nn_accuracy"}
   assert metrics["knc_accuracy"] > 0.95 and metrics["knn_accuracy"] > 0.95
   zero_shot = _context(x, y, config, class_names=("a", "b", "c", "d")).train
-  assert method.evaluate(ctx, state, zero_shot, x) == {}
+  assert evaluators.run_evaluators(names, eval_ctx(zero_shot, False)) == {}
 
 
 def test_knc_soft_vote():
@@ -385,14 +436,23 @@ def test_knc_soft_vote():
                           1.0, 3)[0] == 1
 
 
+def _settings(**method):
+  return magnet.METHOD.settings(ml_collections.ConfigDict(
+      {"seed": 0, "method": {"name": "magnet", **method}}))
+
+
 def test_bad_config_raises():
   with pytest.raises(ValueError, match="M"):
-    magnet.make(ml_collections.ConfigDict({"method": {"M": 1}}))
+    _settings(M=1)
   with pytest.raises(ValueError, match="alpha|D"):
-    magnet.make(ml_collections.ConfigDict({"method": {"D": 0}}))
+    _settings(D=0)
+  with pytest.raises(ValueError, match=r"config\.method\.knn is not a setting"):
+    _settings(knn=3)
   x, y = _blobs(counts=(10, 10), modes=1)
-  config = ml_collections.ConfigDict({"method": {"M": 4, "K": 2}})
-  method = magnet.make(config)
+  cfg = _settings(M=4, K=2)
+  config = ml_collections.ConfigDict({"seed": 0})
   ctx = _context(x, y, config)
+  state = magnet.METHOD.refresh(
+      cfg, ctx, magnet.METHOD.init_state(cfg, ModelInfo(2, len(y), x.shape[1])))
   with pytest.raises(ValueError, match="M=4"):
-    method.make_sampler(ctx, method.init_state(ctx))
+    magnet.METHOD.samplers(cfg, ctx, state)

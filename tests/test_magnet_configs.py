@@ -1,33 +1,27 @@
-"""Magnet's config files (Rippel et al., 2016, Appendix B) and one short run of
-``configs/magnet_procedural.py`` through the generic trainer: the Magnet
-sampler, the per-step loss caching, the epoch refresh and the kNC / kNN
-evaluation all wired together."""
+"""Magnet's configs (Rippel et al., 2016, Appendix B) and one short run of
+``configs/magnet.py:dataset=procedural`` through the generic trainer: the
+Magnet sampler, the on-device loss caching, the epoch refresh and the kNC /
+kNN evaluation all wired together."""
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 
 import pytest
 
+import configs
+from configs import magnet as magnet_configs
 from dmlx.methods import magnet
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Appendix B, Table 1 (Magnet): K, gap α, learning rate.
 APPENDIX_B = {
-    "magnet_pets.py": ("pets", 8, 7.18, 0.00184),
-    "magnet_flowers.py": ("flowers102", 1, 2.43, 0.0240),
-    "magnet_dogs.py": ("dogs", 1, 0.710, 0.00292),
+    "pets": ("pets", 8, 7.18, 0.00184),
+    "flowers": ("flowers102", 1, 2.43, 0.0240),
+    "dogs": ("dogs", 1, 0.710, 0.00292),
 }
 
 
-def _config(name):
-  path = os.path.join(ROOT, "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(), module.__doc__
+def _config(dataset):
+  return configs.load(f"magnet.py:dataset={dataset}"), magnet_configs.__doc__
 
 
 @pytest.mark.parametrize("name", sorted(APPENDIX_B))
@@ -44,18 +38,18 @@ def test_dataset_configs_follow_appendix_b(name):
   assert config.model.embedding_dim == 1024
   assert config.model.backbone in ("bn_inception", "googlenet", "resnet50")
   assert config.model.pretrained == ""
-  assert f"--config={os.path.join('configs', name)}" in doc
-  opts = magnet.MagnetOptions.from_config(config)
+  assert "--config=configs/magnet.py:dataset=dogs" in doc
+  opts = magnet.METHOD.settings(config)
   assert (opts.K, opts.alpha) == (k, pytest.approx(alpha))
 
 
 def test_command_line_overrides_of_defaults_keep_int_type():
-  config, _ = _config("magnet_procedural.py")
+  config, _ = _config("procedural")
   # 0 means "the default" so the fields stay ints on the command line.
   assert config.method.knn_k == 0 and config.method.steps_per_epoch == 0
-  assert magnet.MagnetOptions.from_config(config).knn_k == 0
+  assert magnet.METHOD.settings(config).knn_k == 0
   with pytest.raises(ValueError, match="knn_k"):
-    magnet.MagnetOptions(knn_k=-1)
+    magnet.Config(knn_k=-1)
 
 
 def _tiny(config, split, workdir):
@@ -82,7 +76,7 @@ def _tiny(config, split, workdir):
 
 def test_procedural_config_trains_end_to_end(tmp_path):
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
-  config, _ = _config("magnet_procedural.py")
+  config, _ = _config("procedural")
   final = loop.train_and_evaluate(
       _tiny(config, "classification", str(tmp_path / "cls")),
       str(tmp_path / "cls"))
@@ -94,15 +88,16 @@ def test_procedural_config_trains_end_to_end(tmp_path):
     assert 0.0 <= value <= 1.0
   log = (tmp_path / "cls" / "train.log").read_text()
   # Refreshed at the start of epoch 2; the running σ² differs from the
-  # index's eq. 4 σ² only if after_step cached the batch estimates σ̂².
-  line = re.search(r"magnet refresh: sigma2 index=(\S+) running=(\S+)", log)
+  # index's eq. 4 σ² only if the step cached the batch estimates σ̂².
+  line = re.search(r"magnet refresh \(epoch 1\): .* sigma2 index=(\S+) "
+                   r"running=(\S+)", log)
   assert line is not None, log
   assert float(line.group(1)) != float(line.group(2))
 
 
 def test_procedural_config_zero_shot_variant(tmp_path):
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
-  config, _ = _config("magnet_procedural.py")
+  config, _ = _config("procedural")
   final = loop.train_and_evaluate(
       _tiny(config, "zero_shot", str(tmp_path / "zs")), str(tmp_path / "zs"))
   assert final["method"] == {}  # no clusters for unseen classes

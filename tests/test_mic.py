@@ -1,8 +1,8 @@
 """Tests of MIC (Roth et al., ICCV 2019): l_d, gradient reversal, clustering.
 
 Covers ``dmlx/losses/_mic.py`` (pure jittable parts) and ``dmlx/methods/mic.py``
-(host-side clustering, the Method factory). The base loss is a small stub so
-the tests do not depend on the loss registry being present.
+(host-side clustering, the schedules, the auxiliary batches, evaluation). The
+base loss is a small stub registered for these tests only.
 """
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score as nmi
 
+from dmlx import losses
 from dmlx.losses import _mic
+from dmlx.methods import base
 from dmlx.methods import mic
 from dmlx.methods.base import HostContext, ModelInfo
+from dmlx.train import evaluators
 
 
 # ---------------------------------------------------------------------------
@@ -55,15 +58,13 @@ def _l_d_without_reversal(a, b, params):
   return -jnp.mean(jnp.square(a * _mic.apply_projection(params, b)))
 
 
-def _stub_init(name, rng, num_classes, dim, **kwargs):
-  del name, rng, dim
-  return {"beta": jnp.full((num_classes,), kwargs.get("beta", 1.2))}
+def _stub_init(rng, num_classes, dim, *, beta=1.2):
+  del rng, dim
+  return {"beta": jnp.full((num_classes,), beta)}
 
 
-def _stub_apply(name, embeddings, labels, *, params, rng, **kwargs):
+def _stub_fn(embeddings, labels, params, *, margin=0.2):
   """A smooth margin-like loss with a learnable per-class beta."""
-  del name, rng
-  margin = kwargs.get("margin", 0.2)
   d = jnp.sqrt(jnp.sum(jnp.square(embeddings[:, None] - embeddings[None]),
                        -1) + 1e-8)
   same = (labels[:, None] == labels[None]).astype(d.dtype)
@@ -74,17 +75,38 @@ def _stub_apply(name, embeddings, labels, *, params, rng, **kwargs):
   return value, {"positives": jnp.sum(same)}
 
 
-STUB = mic.BaseLoss(init=_stub_init, apply=_stub_apply)
+def _stub_apply(name, embeddings, labels, *, params, rng, **kwargs):
+  del name, rng
+  return _stub_fn(embeddings, labels, params, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def stub_loss(monkeypatch):
+  """The stub base loss, registered as 'stub' for each test."""
+  monkeypatch.setitem(losses.REGISTRY, "stub",
+                      losses.LossSpec(_stub_fn, init=_stub_init))
 
 
 def _config(**method):
   cfg = ml_collections.ConfigDict()
-  cfg.method = ml_collections.ConfigDict(
-      dict(dict(num_clusters=5, gamma=10.0, switch_prob=0.0), **method))
+  cfg.seed = 0
+  cfg.method = ml_collections.ConfigDict(dict(
+      dict(name="mic", num_clusters=5, gamma=10.0, switch_prob=0.0,
+           schedule="joint"), **method))
   cfg.loss = ml_collections.ConfigDict(
       {"name": "stub", "kwargs": {"margin": 0.2}})
   cfg.model = ml_collections.ConfigDict({"aux_embedding_dim": 6})
+  cfg.sampler = ml_collections.ConfigDict(
+      {"name": "pk", "classes_per_batch": 3, "images_per_class": 4})
   return cfg
+
+
+def _settings(**method) -> mic.Config:
+  return mic.METHOD.settings(_config(**method))
+
+
+def _loss(cfg):
+  return lambda *a: mic.loss(cfg, *a)
 
 
 def _fake_step_inputs(batch=12, dim=8, aux_dim=6, num_train=40, seed=0):
@@ -103,9 +125,9 @@ def _fake_step_inputs(batch=12, dim=8, aux_dim=6, num_train=40, seed=0):
       "index": jnp.asarray(rng.choice(num_train, batch, replace=False),
                            jnp.int32),
   }
+  batch_dict["step"] = jnp.zeros((), jnp.int32)
   state = mic.MICState(
-      surrogate_labels=jnp.asarray(rng.integers(0, 5, num_train), jnp.int32),
-      phase=jnp.zeros((), jnp.int32))
+      surrogate_labels=jnp.asarray(rng.integers(0, 5, num_train), jnp.int32))
   return outputs, batch_dict, state
 
 
@@ -325,30 +347,30 @@ def test_standardised_clusters_recover_shared_attribute_not_classes():
 # ---------------------------------------------------------------------------
 
 
-def _init(method, num_classes=3, dim=8, aux_dim=6):
+def _init(cfg, num_classes=3, dim=8, aux_dim=6):
   info = ModelInfo(num_classes=num_classes, num_train=40, embedding_dim=dim,
                    feature_dims={"aux_embedding": aux_dim, "embedding": dim})
-  return method.init_params(jax.random.PRNGKey(0), info)
+  return mic.init_params(cfg, jax.random.PRNGKey(0), info)
 
 
 def test_init_params_separate_tasks():
-  method = mic.make(_config(num_clusters=5, projection_dim=7), base_loss=STUB)
-  params = _init(method)
+  cfg = _settings(num_clusters=5, projection_dim=7)
+  params = _init(cfg)
   assert params["class_loss"]["beta"].shape == (3,)
   assert params["aux_loss"]["beta"].shape == (5,)
   assert params["projection"]["hidden"]["kernel"].shape == (6, 7)
   assert params["projection"]["output"]["kernel"].shape == (7, 8)
-  assert method.name == "mic" and method.refresh_every == 2
-  assert method.after_step is None
+  assert mic.METHOD.name == "mic" and mic.refresh_every(cfg) == 2
+  assert mic.METHOD.update_state is None
 
 
 def test_combined_loss_runs_under_jit_and_adds_terms():
   gamma = 10.0
-  method = mic.make(_config(gamma=gamma), base_loss=STUB)
-  params = _init(method)
+  cfg = _settings(gamma=gamma)
+  params = _init(cfg)
   outputs, batch, state = _fake_step_inputs()
-  value, aux = jax.jit(method.loss)(params, outputs, batch, state,
-                                    jax.random.PRNGKey(0))
+  value, aux = jax.jit(_loss(cfg))(params, outputs, batch, state,
+                                   jax.random.PRNGKey(0))
   @jax.jit
   def reference(params, outputs, batch, state):
     y_beta = state.surrogate_labels[batch["index"]]
@@ -369,7 +391,7 @@ def test_combined_loss_runs_under_jit_and_adds_terms():
   np.testing.assert_allclose(aux["mic_aux_loss"], want_l_b, rtol=1e-5)
   assert "class_positives" in aux
 
-  grad_fn = jax.jit(jax.grad(method.loss, argnums=(0, 1), has_aux=True))
+  grad_fn = jax.jit(jax.grad(_loss(cfg), argnums=(0, 1), has_aux=True))
   g_params, g_out = grad_fn(params, outputs, batch, state,
                             jax.random.PRNGKey(0))[0]
   np.testing.assert_allclose(g_out["embedding"], want_grad_a, rtol=1e-4,
@@ -383,10 +405,10 @@ def test_combined_loss_runs_under_jit_and_adds_terms():
 
 def test_alternating_phases_gate_gradients():
   gamma = 3.0
-  method = mic.make(_config(gamma=gamma, alternate=True), base_loss=STUB)
-  params = _init(method)
+  cfg = _settings(gamma=gamma, schedule="alternate")
+  params = _init(cfg)
   outputs, batch, state = _fake_step_inputs()
-  grad_fn = jax.jit(jax.value_and_grad(method.loss, argnums=(0, 1),
+  grad_fn = jax.jit(jax.value_and_grad(_loss(cfg), argnums=(0, 1),
                                        has_aux=True))
   key = jax.random.PRNGKey(0)
 
@@ -399,10 +421,9 @@ def test_alternating_phases_gate_gradients():
   assert float(jnp.abs(gp0["aux_loss"]["beta"]).max()) == 0.0
   assert float(jnp.abs(gp0["class_loss"]["beta"]).max()) > 0
 
-  state1 = method.after_step(state, aux0, batch)
-  assert int(state1.phase) == 1
-  assert int(method.after_step(state1, aux0, batch).phase) == 0
-  (v1, aux1), (gp1, go1) = grad_fn(params, outputs, batch, state1, key)
+  # The phase is the step's parity: odd steps train E_beta.
+  batch1 = {**batch, "step": jnp.ones((), jnp.int32)}
+  (v1, aux1), (gp1, go1) = grad_fn(params, outputs, batch1, state, key)
   np.testing.assert_allclose(
       v1, aux1["mic_aux_loss"] + gamma * aux1["mic_mutual_information"],
       rtol=1e-6)
@@ -418,16 +439,86 @@ def test_alternating_phases_gate_gradients():
              for g in jax.tree.leaves(gp0["projection"])) > 0
 
 
-def test_loss_uses_surrogate_labels_at_batch_index_with_switching():
-  method = mic.make(_config(switch_prob=0.2), base_loss=STUB)
-  params = _init(method)
+def test_authors_schedule_two_updates_on_their_own_batches():
+  """The authors' iteration: a class step L^α = l_α + γ·l_d, then, with
+  probability 0.8, an auxiliary step L^β = l_β + γ·l_d on a batch whose
+  labels are surrogate labels."""
+  gamma = 4.0
+  cfg = _settings(gamma=gamma, schedule="authors")
+  updates = mic.updates(cfg)
+  assert [(u.name, u.stream, u.probability) for u in updates] == [
+      ("class", "train", 1.0), ("aux", "aux", 0.8)]
+  params = _init(cfg)
   outputs, batch, state = _fake_step_inputs()
-  loss = jax.jit(method.loss)
+  key = jax.random.PRNGKey(0)
+  grad = jax.jit(jax.value_and_grad(lambda p, o, b, u: updates[u].loss(
+      cfg, p, o, b, state, key), argnums=(0, 1), has_aux=True),
+                 static_argnums=3)
+  (v_class, aux_c), (gp_c, go_c) = grad(params, outputs, batch, 0)
+  np.testing.assert_allclose(
+      v_class, aux_c["mic_class_loss"] + gamma * aux_c["mic_mutual_information"],
+      rtol=1e-6)
+  assert float(jnp.abs(gp_c["aux_loss"]["beta"]).max()) == 0.0   # no l_β
+  # l_d's reversed gradient reaches both encoders in the class step.
+  assert float(jnp.abs(go_c["aux_embedding"]).max()) > 0
+  (v_aux, aux_a), (gp_a, _) = grad(params, outputs, batch, 1)
+  np.testing.assert_allclose(
+      v_aux, aux_a["mic_aux_loss"] + gamma * aux_a["mic_mutual_information"],
+      rtol=1e-6)
+  assert float(jnp.abs(gp_a["class_loss"]["beta"]).max()) == 0.0  # no l_α
+  # The auxiliary loss reads the batch's labels (the surrogate labels the
+  # auxiliary sampler put there), not the class labels.
+  relabelled = {**batch, "labels": jnp.arange(12, dtype=jnp.int32) % 3}
+  (v_relabel, _), _ = grad(params, outputs, relabelled, 1)
+  assert float(v_relabel) != float(v_aux)
+
+
+def test_surrogate_sampler_every_anchor_has_a_surrogate_positive():
+  rng = np.random.default_rng(3)
+  surrogate = rng.integers(0, 6, 200).astype(np.int32)
+  sampler = mic.SurrogateSampler(surrogate, 4, 4, switch_prob=0.0, seed=1)
+  for step in range(30):
+    rows, labels = sampler.batch(step)
+    assert rows.shape == labels.shape == (16,)
+    np.testing.assert_array_equal(labels, surrogate[rows])
+    counts = np.bincount(labels, minlength=6)
+    assert set(counts[counts > 0]) == {4}          # 4 clusters × 4 images
+  # With the authors' random cluster pick, a slot keeps its cluster's label
+  # while ~p of the images come from uniformly random clusters.
+  noisy = mic.SurrogateSampler(surrogate, 4, 4, switch_prob=0.2, seed=1)
+  moved = []
+  for step in range(200):
+    rows, labels = noisy.batch(step)
+    clean_rows, clean_labels = sampler.batch(step)
+    np.testing.assert_array_equal(labels, clean_labels)
+    moved.append(np.mean(rows != clean_rows))
+  assert 0.15 < np.mean(moved) < 0.25
+  np.testing.assert_array_equal(noisy.batch(7)[0], noisy.batch(7)[0])
+
+
+def test_samplers_by_schedule():
+  config = _config(schedule="authors", num_clusters=4)
+  cfg = mic.METHOD.settings(config)
+  labels = np.repeat(np.arange(5), 8).astype(np.int32)
+  train = _FakeDataset(labels)
+  ctx = HostContext(config=config, train=train, embed=None, params={}, epoch=0,
+                    step=0, seed=0)
+  state = base.MethodState(host=mic.MICState(np.arange(40, dtype=np.int32) % 4))
+  streams = mic.samplers(cfg, ctx, state)
+  assert set(streams) == {"train", "aux"}
+  assert set(mic.samplers(_settings(schedule="joint"), ctx, state)) == {"train"}
+
+
+def test_loss_uses_surrogate_labels_at_batch_index_with_switching():
+  cfg = _settings(switch_prob=0.2)
+  params = _init(cfg)
+  outputs, batch, state = _fake_step_inputs()
+  loss = jax.jit(_loss(cfg))
   values = {float(loss(params, outputs, batch, state,
                        jax.random.PRNGKey(s))[1]["mic_aux_loss"])
             for s in range(8)}
   assert len(values) > 1          # the switching noise changes with the key
-  fixed = jax.jit(mic.make(_config(switch_prob=0.0), base_loss=STUB).loss)
+  fixed = jax.jit(_loss(_settings(switch_prob=0.0)))
   a = fixed(params, outputs, batch, state, jax.random.PRNGKey(0))[1]
   b = fixed(params, outputs, batch, state, jax.random.PRNGKey(1))[1]
   assert float(a["mic_aux_loss"]) == float(b["mic_aux_loss"])
@@ -443,7 +534,7 @@ class _FakeDataset:
 
 
 @needs_kmeans
-def test_init_state_clusters_pooled_and_refresh_clusters_aux_embedding():
+def test_first_refresh_clusters_pooled_and_later_ones_aux_embedding():
   feats, classes, attributes = _planted_features(per_cell=10)
   aux_feats = np.eye(4, dtype=np.float32)[classes] * 5.0  # refresh: by class
   calls = []
@@ -455,58 +546,57 @@ def test_init_state_clusters_pooled_and_refresh_clusters_aux_embedding():
 
   logs = []
   ctx = HostContext(config=None, train=_FakeDataset(classes), embed=embed,
-                    params={}, epoch=0, seed=3, log=logs.append)
-  method = mic.make(_config(num_clusters=4, standardise="mean"), base_loss=STUB)
-  state = method.init_state(ctx)
+                    params={}, epoch=0, step=0, seed=3, log=logs.append)
+  cfg = _settings(num_clusters=4, standardise="mean")
+  template = mic.init_state(cfg, ModelInfo(4, len(classes), 8))
+  state = mic.refresh(cfg, ctx, template)
   assert calls == ["pooled"]
-  labels = np.asarray(state.surrogate_labels)
+  labels = np.asarray(state.device.surrogate_labels)
   assert labels.shape == classes.shape and labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, state.host.surrogate_labels)
   assert nmi(labels, attributes) > 0.9
-  assert int(state.phase) == 0
 
-  new = method.refresh(ctx, state.replace(phase=jnp.ones((), jnp.int32)))
+  later = HostContext(config=None, train=_FakeDataset(classes), embed=embed,
+                      params={}, epoch=2, step=20, seed=3, log=logs.append)
+  new = mic.refresh(cfg, later, state)
   assert calls == ["pooled", "aux_embedding"]
-  assert new.surrogate_labels.shape == state.surrogate_labels.shape
-  assert new.surrogate_labels.dtype == jnp.int32
-  assert int(new.phase) == 1                     # refresh keeps the phase
-  assert nmi(np.asarray(new.surrogate_labels), classes) > 0.9   # no standardise
+  assert new.device.surrogate_labels.shape == labels.shape
+  assert new.device.surrogate_labels.dtype == np.int32
+  assert nmi(np.asarray(new.device.surrogate_labels), classes) > 0.9   # no standardise
   assert any("NMI" in line for line in logs)
 
 
 def test_config_validation():
-  with pytest.raises(ValueError, match="num_clusters"):
-    cfg = _config()
-    del cfg.method["num_clusters"]
-    mic.make(cfg, base_loss=STUB)
   with pytest.raises(ValueError, match="standardise"):
-    mic.make(_config(standardise="mstd"), base_loss=STUB)
+    _settings(standardise="mstd")
   with pytest.raises(ValueError, match="switch_prob"):
-    mic.make(_config(switch_prob=-0.1), base_loss=STUB)
+    _settings(switch_prob=-0.1)
   with pytest.raises(ValueError, match="gamma"):
-    mic.make(_config(gamma=-1.0), base_loss=STUB)
-  cfg = _config()
-  cfg.model.aux_embedding_dim = 0
-  method = mic.make(cfg, base_loss=STUB)
+    _settings(gamma=-1.0)
+  with pytest.raises(ValueError, match="schedule"):
+    _settings(schedule="alternating")
+  with pytest.raises(ValueError, match=r"config\.method\.alternate is not a setting"):
+    _settings(alternate=True)
+  with pytest.raises(ValueError, match="Unknown loss 'nope'"):
+    config = _config()
+    config.loss.name = "nope"
+    mic.METHOD.settings(config)
   with pytest.raises(ValueError, match="aux_embedding_dim"):
-    method.init_params(jax.random.PRNGKey(0),
-                       ModelInfo(num_classes=3, num_train=10, embedding_dim=8))
-  method = mic.make(_config(refresh_every=0), base_loss=STUB)
-  assert method.refresh is None
+    mic.init_params(_settings(), jax.random.PRNGKey(0),
+                    ModelInfo(num_classes=3, num_train=10, embedding_dim=8))
+  assert mic.refresh_every(_settings(refresh_every=0)) == 0
 
 
-def test_with_registry_margin_loss_if_available():
-  losses = importlib.import_module("dmlx.losses")
-  if not (hasattr(losses, "apply") and hasattr(losses, "init")):
-    pytest.skip("dmlx.losses registry not available yet")
+def test_with_registry_margin_loss():
   cfg = _config()
   cfg.loss.name = "margin"
   cfg.loss.kwargs = ml_collections.ConfigDict({"beta_per_class": True})
-  method = mic.make(cfg)
-  params = _init(method)
+  cfg = mic.METHOD.settings(cfg)
+  params = _init(cfg)
   assert params["class_loss"]["beta"].shape == (3,)
   assert params["aux_loss"]["beta"].shape == (5,)
   outputs, batch, state = _fake_step_inputs()
-  (value, _), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
+  (value, _), grads = jax.jit(jax.value_and_grad(_loss(cfg), has_aux=True))(
       params, outputs, batch, state, jax.random.PRNGKey(0))
   assert bool(jnp.isfinite(value))
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
@@ -541,6 +631,13 @@ def _complementary_encoders(per_class=6, seed=0):
   return labels, norm(e_alpha), norm(e_beta)
 
 
+def _eval_ctx(cfg, labels, features, embed):
+  return base.EvalContext(config=cfg, train=None, embed=embed, params={},
+                          epoch=0, step=0, seed=0, log=lambda s: None,
+                          test=_FakeDataset(labels), test_features=features,
+                          method_config=None, seen_classes=False)
+
+
 @needs_kmeans
 def test_evaluate_concatenation_matches_loop_reference():
   labels, e_alpha, e_beta = _complementary_encoders()
@@ -553,12 +650,11 @@ def test_evaluate_concatenation_matches_loop_reference():
   cfg = _config()
   cfg.eval = ml_collections.ConfigDict({"ks": (1, 2),
                                         "metrics": ("recall", "nmi")})
-  test_ds = _FakeDataset(labels)
-  ctx = HostContext(config=cfg, train=None, embed=embed, params={}, epoch=0,
-                    seed=0)
-  method = mic.make(cfg, base_loss=STUB)
-  out = method.evaluate(ctx, None, test_ds, e_alpha)
-  assert calls == [("aux_embedding", test_ds)]   # E_alpha is not re-embedded
+  ctx = _eval_ctx(cfg, labels, {"embedding": e_alpha}, embed)
+  assert evaluators.names(ml_collections.ConfigDict({"evaluators": "auto"}),
+                          mic.METHOD) == ("mic_concatenation", "nearest_neighbour")
+  out = evaluators.run_evaluators(("mic_concatenation", "nearest_neighbour"), ctx)
+  assert calls == [("aux_embedding", ctx.test)]   # E_alpha is not re-embedded
   assert set(out) == {"concat/recall@1", "concat/recall@2", "concat/nmi"}
   joint = np.concatenate([e_alpha, e_beta], axis=1)
   for k in (1, 2):
@@ -569,20 +665,7 @@ def test_evaluate_concatenation_matches_loop_reference():
   assert _np_recall_at_k(e_beta, labels, 1) < 0.8
   assert out["concat/nmi"] > 0.9
 
-  calls.clear()
-  again = mic.evaluate_concatenation(ctx, test_ds, None)
-  assert [layer for layer, _ in calls] == ["embedding", "aux_embedding"]
-  assert again == out
-
-
-def test_evaluate_only_with_aux_head_and_checks_sizes():
-  cfg = _config()
-  cfg.model.aux_embedding_dim = 0
-  assert mic.make(cfg, base_loss=STUB).evaluate is None
-  assert mic.make(_config(), base_loss=STUB).evaluate is not None
-  ctx = HostContext(config=None, train=None, params={}, epoch=0, seed=0,
-                    embed=lambda layer="embedding", dataset=None:
-                    np.zeros((3, 2), np.float32))
-  with pytest.raises(ValueError, match="E_beta has 3"):
-    mic.evaluate_concatenation(ctx, _FakeDataset(np.zeros(5, int)),
-                               np.zeros((5, 2), np.float32))
+  calls.clear()     # both encoders already computed: nothing is embedded
+  again = mic.evaluate_concatenation(_eval_ctx(
+      cfg, labels, {"embedding": e_alpha, "aux_embedding": e_beta}, embed))
+  assert calls == [] and again == out

@@ -15,8 +15,10 @@ from dmlx.data.base import Dataset
 from dmlx.losses._nngk import CentreBank
 from dmlx.losses._nngk import nngk as _nngk_eager
 from dmlx.methods import nngk as nngk_method
+from dmlx.methods import base
 from dmlx.methods.base import HostContext
 from dmlx.methods.base import ModelInfo
+from dmlx.train import evaluators
 
 
 def _loss_fn(emb, weights, labels, index, bank, sigma, reduction="mean"):
@@ -324,6 +326,10 @@ def _config(**method):
   return config
 
 
+def _settings(**method) -> nngk_method.Config:
+  return nngk_method.METHOD.settings(_config(**method))
+
+
 def test_refresh_static_shapes_and_logs_time():
   rng = np.random.default_rng(9)
   train = _dataset(rng.integers(0, 4, 200))
@@ -331,20 +337,23 @@ def test_refresh_static_shapes_and_logs_time():
   feats = {"x": rng.normal(size=(200, 6)).astype(np.float32)}
   ctx = HostContext(config=None, train=train,
                     embed=lambda layer="embedding", dataset=None: feats["x"],
-                    params={}, epoch=0, seed=0, log=lines.append)
-  method = nngk_method.make(_config(num_neighbours=15, index_type="hnsw",
-                                    sigma=2.0))
-  assert method.refresh_every == 10
-  bank0 = method.init_state(ctx)
+                    params={}, epoch=0, step=0, seed=0, log=lines.append)
+  cfg = _settings(num_neighbours=15, index_type="hnsw", sigma=2.0)
+  method = nngk_method.METHOD
+  assert method.refresh_every(cfg) == 10
+  template = method.init_state(cfg, ModelInfo(4, 200, 6))   # zeros, no FAISS
+  assert not lines and not np.asarray(template.device.mask).any()
+  bank0 = method.refresh(cfg, ctx, template).device
   feats["x"] = rng.normal(size=(200, 6)).astype(np.float32)
-  bank1 = method.refresh(ctx, bank0)
-  for a, b in zip(jax.tree.leaves(bank0), jax.tree.leaves(bank1)):
-    assert a.shape == b.shape and a.dtype == b.dtype
+  bank1 = method.refresh(cfg, ctx, base.MethodState(device=bank0)).device
+  for a, b, t in zip(jax.tree.leaves(bank0), jax.tree.leaves(bank1),
+                     jax.tree.leaves(template.device)):
+    assert a.shape == b.shape == t.shape and a.dtype == b.dtype == t.dtype
   assert not np.array_equal(bank0.neighbours, bank1.neighbours)
   assert len(lines) == 2 and "embed" in lines[1] and "faiss hnsw" in lines[1]
   feats["x"] = feats["x"][:150]
   with pytest.raises(ValueError):
-    method.refresh(ctx, bank1)
+    method.refresh(cfg, ctx, base.MethodState(device=bank1))
 
 
 # ----------------------------------------------------------------------------
@@ -394,23 +403,25 @@ def test_make_loss_runs_under_jit_and_learns_weights():
   n, d, k = 30, 8, 7
   rng = np.random.default_rng(12)
   bank, centres, labels, _, _ = _toy_bank(rng, n=n, d=d, k=k)
-  method = nngk_method.make(_config(sigma=1.5, num_neighbours=k))
-  params = method.init_params(jax.random.key(0), ModelInfo(3, n, d))
+  cfg = _settings(sigma=1.5, num_neighbours=k)
+  method = nngk_method.METHOD
+  params = method.init_params(cfg, jax.random.key(0), ModelInfo(3, n, d))
   assert params["weights"].shape == (n,) and np.all(params["weights"] == 1.0)
   index = jnp.array([0, 5, 9, 29], jnp.int32)
   batch = {"images": jnp.zeros((4, 2, 2, 3)), "labels": jnp.asarray(labels)[index],
            "index": index}
   outputs = {"embedding": jnp.asarray(centres)[index] + 0.1,
              "pooled": jnp.zeros((4, 5))}
-  step = jax.jit(jax.value_and_grad(method.loss, has_aux=True))
+  step = jax.jit(jax.value_and_grad(
+      lambda *a: method.loss(cfg, *a), has_aux=True))
   (loss, aux), grads = step(params, outputs, batch, bank, jax.random.key(1))
   assert np.isfinite(loss) and "nngk_no_positive" in aux
   assert np.abs(grads["weights"]).max() > 0
   # learn_weights=False: no parameters, w = 1.
-  fixed = nngk_method.make(_config(sigma=1.5, learn_weights=False))
-  assert fixed.init_params(jax.random.key(0), ModelInfo(3, n, d)) == {}
-  loss_fixed, _ = jax.jit(fixed.loss)({}, outputs, batch, bank,
-                                      jax.random.key(1))
+  fixed = _settings(sigma=1.5, learn_weights=False)
+  assert method.init_params(fixed, jax.random.key(0), ModelInfo(3, n, d)) == {}
+  loss_fixed, _ = jax.jit(lambda *a: method.loss(fixed, *a))(
+      {}, outputs, batch, bank, jax.random.key(1))
   np.testing.assert_allclose(loss_fixed, loss, rtol=1e-6)
 
 
@@ -421,23 +432,35 @@ def test_evaluate_classification_and_zero_shot():
   xtr = (means[ytr] + rng.normal(size=(90, 4))).astype(np.float32)
   xte = (means[yte] + rng.normal(size=(30, 4))).astype(np.float32)
   train = _dataset(ytr, 3)
-  ctx = HostContext(config=None, train=train,
-                    embed=lambda layer="embedding", dataset=None: xtr,
-                    params={"weights": np.ones(90, np.float32)}, epoch=5,
-                    seed=0, log=lambda s: None)
-  method = nngk_method.make(_config(sigma=2.0, num_neighbours=20))
-  out = method.evaluate(ctx, None, _dataset(yte, 3), xte)
+
+  def ctx(test, seen):
+    return base.EvalContext(
+        config=None, train=train,
+        embed=lambda layer="embedding", dataset=None: xtr,
+        params={"weights": np.ones(90, np.float32)}, epoch=5, step=50, seed=0,
+        log=lambda s: None, test=test, test_features={"embedding": xte},
+        method_config=_settings(sigma=2.0, num_neighbours=20),
+        seen_classes=seen)
+
+  names = evaluators.names(ml_collections.ConfigDict({"evaluators": "auto"}),
+                           nngk_method.METHOD)
+  assert names == ("nngk_classifier", "nearest_neighbour")
+  out = evaluators.run_evaluators(("nngk_classifier",), ctx(_dataset(yte, 3), True))
   assert out["nngk_accuracy"] >= 0.95
   zero_shot = Dataset(images=np.zeros((30, 1, 1, 1), np.uint8),
                       labels=yte.astype(np.int32),
                       class_names=("a", "b", "c"))
-  assert method.evaluate(ctx, None, zero_shot, xte) == {}
+  assert evaluators.run_evaluators(names, ctx(zero_shot, False)) == {}
 
 
 def test_bad_config_raises():
   with pytest.raises(ValueError, match="index_type"):
-    nngk_method.make(_config(index_type="lsh"))
+    _settings(index_type="lsh")
   with pytest.raises(ValueError, match="sigma"):
-    nngk_method.make(_config(sigma=-1.0))
+    _settings(sigma=-1.0)
   with pytest.raises(ValueError, match="num_neighbours"):
-    nngk_method.make(_config(num_neighbours=0))
+    _settings(num_neighbours=0)
+  with pytest.raises(ValueError, match=r"config\.method\.sigmaa is not a setting"):
+    _settings(sigmaa=1.0)
+  with pytest.raises(TypeError, match=r"config\.method\.num_neighbours"):
+    _settings(num_neighbours="100")

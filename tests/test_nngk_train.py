@@ -1,13 +1,12 @@
 """NNGK (Meyer et al., ICIP 2018) through the real trainer: the learned centre
 weights w_i change in training, and the weights and the centre bank are saved
-in the checkpoint and restored by ``dmlx.train.loop.setup``; the NNGK config
-files carry the paper's hyper-parameters; ``experiments/nngk.py --quick``
-runs (``-m slow``)."""
+in the checkpoint and restored by ``dmlx.train.restore``; the NNGK configs
+carry the paper's hyper-parameters; ``experiments/nngk.py --quick`` runs
+(``-m slow``)."""
 from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -15,25 +14,26 @@ import jax
 import numpy as np
 import pytest
 
+import configs
+from dmlx import train
 from dmlx.methods import nngk as nngk_method
 from dmlx.methods.base import ModelInfo
 from dmlx.train import loop
+from dmlx.train import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8   # steps per epoch of the tiny run
 
 
-def _get_config(name: str, arg=None):
-  module = runpy.run_path(os.path.join(ROOT, "configs", name))
-  get_config = module["get_config"]
-  return get_config(arg) if arg is not None else get_config()
+def _get_config(module: str, arg: str = ""):
+  return configs.load(f"{module}:{arg}" if arg else module)
 
 
 def _tiny_config():
   """2 epochs of 8 steps on the digits classification split (all ten digits,
   half of each digit's images train): one run exercises the loss, the bank
   refresh, the checkpoint and the eq. 3 classifier."""
-  c = _get_config("nngk_digits.py", "cls")
+  c = _get_config("nngk.py", "dataset=digits,cls")
   c.train.epochs = 2
   c.train.steps_per_epoch = STEPS
   c.train.max_checkpoints = 2          # keep both epoch-end checkpoints
@@ -48,23 +48,28 @@ def _tiny_config():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """(config, final metrics, the run restored by ``loop.setup``)."""
+  """(config, final metrics, the run restored by ``dmlx.train.restore``)."""
   config = _tiny_config()
   workdir = str(tmp_path_factory.mktemp("nngk_digits"))
   final = loop.train_and_evaluate(config, workdir)
   assert final["steps"] == 2 * STEPS
-  restored = loop.setup(config, workdir, quiet=True)
+  restored = train.restore(config, workdir)
   yield config, final, restored
-  restored.checkpointer.close()
-  restored.writer.close()
+  restored.close()
+
+
+def _at(restored, step):
+  """The TrainState of the checkpoint at ``step``."""
+  return run_lib.restore_state(restored.run, step)[0]
 
 
 def test_learned_weights_change_and_are_restored(runs):
   config, _, restored = runs
-  assert restored.resumed and int(restored.state.step) == 2 * STEPS
-  num_train = len(restored.train_ds)
-  init = np.asarray(nngk_method.make(config).init_params(
-      jax.random.key(0), ModelInfo(10, num_train, 32))["weights"])
+  assert restored.step == int(restored.state.step) == 2 * STEPS
+  num_train = len(restored.run.train)
+  init = np.asarray(nngk_method.init_params(
+      nngk_method.Config(), jax.random.key(0),
+      ModelInfo(10, num_train, 32))["weights"])
   learned = np.asarray(restored.state.params["method"]["weights"])
   np.testing.assert_array_equal(init, 1.0)          # w_i start at 1
   assert learned.shape == init.shape == (num_train,)
@@ -73,7 +78,7 @@ def test_learned_weights_change_and_are_restored(runs):
   assert moved.max() > 5e-3 and np.mean(moved > 1e-4) > 0.2
   assert np.all(np.isfinite(learned))
   # They kept changing after the first epoch's checkpoint.
-  epoch1 = restored.checkpointer.restore(restored.state, step=STEPS)
+  epoch1 = _at(restored, STEPS)
   assert not np.allclose(epoch1.params["method"]["weights"], learned)
 
 
@@ -81,14 +86,13 @@ def test_bank_is_saved_and_restored(runs):
   config, _, restored = runs
   bank = restored.state.method_state
   assert isinstance(bank, nngk_method.CentreBank)
-  labels = np.asarray(restored.train_ds.labels)
+  labels = np.asarray(restored.run.train.labels)
   np.testing.assert_array_equal(bank.labels, labels)
   # The final bank was built before epoch 2 from the weights saved at the end
   # of epoch 1 (checkpoint STEPS): its centres are those weights' embeddings
   # of the training set and its lists their exact k nearest other centres.
-  epoch1 = restored.checkpointer.restore(restored.state, step=STEPS)
-  expected = restored.host_context(epoch1.params, epoch1.batch_stats,
-                                   1).embed()
+  epoch1 = _at(restored, STEPS)
+  expected = run_lib.host_context(restored.run, epoch1, STEPS).embed()
   np.testing.assert_allclose(bank.centres, expected, rtol=1e-5, atol=1e-5)
   rebuilt, _ = nngk_method.build_bank(
       expected, labels, num_neighbours=config.method.num_neighbours)
@@ -98,9 +102,8 @@ def test_bank_is_saved_and_restored(runs):
   assert not np.any(np.asarray(bank.neighbours) ==
                     np.arange(len(labels))[:, None])
   # The epoch-1 checkpoint holds the bank of the untrained network.
-  _, params, stats, _, _ = loop.create_model_and_state(
-      config, restored.train_ds, restored.method, restored.mesh)
-  untrained = restored.host_context(params, stats, 0).embed()
+  fresh, _ = run_lib.fresh_state(restored.run)
+  untrained = run_lib.host_context(restored.run, fresh, 0).embed()
   np.testing.assert_allclose(epoch1.method_state.centres, untrained,
                              rtol=1e-5, atol=1e-5)
   assert not np.allclose(bank.centres, untrained, atol=1e-3)
@@ -112,21 +115,21 @@ def test_reported_accuracy_is_eq3_of_the_restored_run(runs):
   assert 0.3 < accuracy <= 1.0                       # 10 digits: chance 0.1
   # Recomputed from the checkpoint: eq. 3 over the final weights' training
   # embeddings (the centres) with the learned w_i.
-  ctx = restored.host_context(restored.state.params,
-                              restored.state.batch_stats, 2)
+  ctx = restored.context()
   pred = nngk_method.predict(
-      ctx.embed(dataset=restored.test_ds), ctx.embed(),
-      restored.train_ds.labels,
+      ctx.embed(dataset=restored.run.test), ctx.embed(),
+      restored.run.train.labels,
       np.asarray(restored.state.params["method"]["weights"]),
       sigma=config.method.sigma, num_neighbours=config.method.num_neighbours)
-  assert nngk_method.accuracy(pred, restored.test_ds.labels) == pytest.approx(
+  assert nngk_method.accuracy(pred, restored.run.test.labels) == pytest.approx(
       accuracy, abs=1.5 / len(pred))
 
 
 @pytest.mark.parametrize("name,dataset,train_classes", [
-    ("nngk_cub.py", "cub200", 100), ("nngk_cars.py", "cars196", 98)])
+    ("nngk_cub.py", "cub200", 100), ("nngk.py:dataset=cars", "cars196", 98)])
 def test_metric_learning_configs_follow_the_paper(name, dataset, train_classes):
-  c = _get_config(name)
+  name, _, arg = name.partition(":")
+  c = _get_config(name, arg)
   assert c.data.name == dataset and c.data.split == "zero_shot"
   assert c.data.num_train_classes == train_classes
   assert c.method.name == "nngk" and c.method.num_neighbours == 100
@@ -135,19 +138,20 @@ def test_metric_learning_configs_follow_the_paper(name, dataset, train_classes):
   assert c.optim.lr == 1e-5 and c.optim.weight_decay == 2e-4
   assert 10 <= c.method.sigma <= 30 and not c.model.normalise
   assert c.model.backbone == "googlenet" and c.model.pretrained == ""
-  wide = _get_config(name, "1024")
+  more = lambda extra: f"{arg},{extra}" if arg else extra
+  wide = _get_config(name, more("dims=1024"))
   assert wide.model.embedding_dim == 1024 and wide.method.sigma == 30.0
   with pytest.raises(ValueError, match="dims"):
-    _get_config(name, "100")
+    _get_config(name, more("dims=100"))
 
 
 @pytest.mark.parametrize("name,dataset,split", [
-    ("nngk_cls_cub.py", "cub200", "by_attribute"),
-    ("nngk_cls_cars.py", "cars196", "by_attribute"),
-    ("nngk_cls_flowers.py", "flowers102", "predefined"),
-    ("nngk_cls_folder.py", "folder", "classification")])
+    ("nngk_cls_cub", "cub200", "by_attribute"),
+    ("nngk_cls_cars", "cars196", "by_attribute"),
+    ("nngk_cls_flowers", "flowers102", "predefined"),
+    ("nngk_cls_folder", "folder", "classification")])
 def test_classification_configs(name, dataset, split):
-  c = _get_config(name)
+  c = configs.load(name)
   assert c.data.name == dataset and c.data.split == split
   assert c.method.name == "nngk" and c.sampler.batch_size == 20
   assert c.optim.lr == 1e-5 and c.method.update_interval == 10
@@ -158,14 +162,16 @@ def test_default_is_nngk_on_procedural_zero_shot():
   c = _get_config("default.py")
   assert c.method.name == "nngk" and c.data.name == "procedural"
   assert c.data.split == "zero_shot" and c.data.validation_classes == 0
-  assert c.to_dict() == _get_config("nngk_procedural.py").to_dict()
+  assert c.to_dict() == configs.load("nngk_procedural").to_dict()
 
 
 def test_unknown_config_argument_raises():
   with pytest.raises(ValueError, match="unknown dataset"):
-    _get_config("nngk.py", "imagenet")
+    _get_config("nngk.py", "dataset=imagenet")
   with pytest.raises(ValueError, match="classification only"):
-    _get_config("nngk.py", "flowers")
+    _get_config("nngk.py", "dataset=flowers")
+  with pytest.raises(ValueError, match="Unknown config argument 'dataste'"):
+    _get_config("nngk.py", "dataste=cub")
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ pytest.importorskip("pytorch_metric_learning")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from configs import common as config_common
 from dmlx import config as dmlx_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dmlx import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -40,8 +41,8 @@ script = _load_script()
 
 def _tiny_config():
   c = dmlx_config.base_config()
-  dmlx_config.procedural_data(c, num_classes=8, per_class=8, image_size=16,
-                              crop_size=12)
+  config_common.procedural_data(c, num_classes=8, per_class=8, image_size=16,
+                                crop_size=12)
   c.data.split = "zero_shot"
   c.model.backbone = "small_cnn"
   c.model.backbone_kwargs = dmlx_config.ConfigDict({"width": 4, "num_blocks": 2})

@@ -1,33 +1,27 @@
-"""The real-data study's configs (``configs/real_data.py`` and its
-``omniglot_*`` / ``tinyimagenet_*`` wrappers), a short run of one through the
-trainer on an Omniglot-layout archive written here, and the classification
-numbers the study reports (a classifier loss's own accuracy, 1-NN accuracy)."""
+"""The real-data study's configs (``configs/real_data.py`` and the
+``omniglot_*`` / ``tinyimagenet_*`` names of its variants), a short run of
+one through the trainer on an Omniglot-layout archive written here, and the
+classification numbers the study reports (a classifier loss's own accuracy,
+1-NN accuracy)."""
 from __future__ import annotations
 
-import glob
-import importlib.util
 import os
 import pathlib
 
 import numpy as np
 import pytest
 
+import configs
+from configs import real_data as SHARED
 from dmlx.methods import loss as loss_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRAPPERS = sorted(n for n in configs.NAMES
+                  if n.startswith(("omniglot_", "tinyimagenet_")))
 
 
-def _module(path):
-  spec = importlib.util.spec_from_file_location(
-      os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-SHARED = _module(os.path.join(ROOT, "configs", "real_data.py"))
-WRAPPERS = sorted(glob.glob(os.path.join(ROOT, "configs", "omniglot_*.py")) +
-                  glob.glob(os.path.join(ROOT, "configs", "tinyimagenet_*.py")))
+def _spec(dataset, method, protocol="test"):
+  return f"dataset={dataset},method={method},protocol={protocol}"
 
 # What every method of one dataset must share: the equal budget.
 SHARED_KEYS = ("data", "model.backbone", "model.backbone_kwargs",
@@ -42,17 +36,16 @@ def _get(config, key):
   return node
 
 
-def test_every_method_has_a_wrapper_per_dataset():
-  names = {os.path.basename(p)[:-3] for p in WRAPPERS}
+def test_every_method_has_a_name_per_dataset():
   expected = {f"{d}_{m}" for d in SHARED.DATASETS for m in SHARED.METHODS}
-  assert names == expected
+  assert set(WRAPPERS) == expected
 
 
-@pytest.mark.parametrize("path", WRAPPERS, ids=os.path.basename)
-def test_wrappers_share_data_network_and_budget(path):
-  dataset, method = os.path.basename(path)[:-3].split("_", 1)
-  config = _module(path).get_config()
-  reference = SHARED.get_config(f"{dataset},triplet_semihard")
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_methods_share_data_network_and_budget(name):
+  dataset, method = name.split("_", 1)
+  config = configs.load(name)
+  reference = SHARED.get_config(_spec(dataset, "triplet_semihard"))
   for key in SHARED_KEYS:
     assert _get(config, key) == _get(reference, key), key
   batch = config.sampler.classes_per_batch * config.sampler.images_per_class
@@ -62,26 +55,26 @@ def test_wrappers_share_data_network_and_budget(path):
     batch = config.sampler.batch_size
   assert batch == 64, (method, batch)
   assert config.data.validation_classes == 0
-  val = _module(path).get_config("val")
+  val = SHARED.get_config(_spec(dataset, method, "val"))
   assert val.data.validation_classes > 0
-  assert f"--config=configs/{os.path.basename(path)}" in _module(path).__doc__
+  assert "--config=configs/real_data.py:dataset=omniglot,method=nngk" in SHARED.__doc__
 
 
 def test_protocols_and_bad_arguments():
-  cls = SHARED.get_config("tinyimagenet,nngk,cls")
+  cls = SHARED.get_config(_spec("tinyimagenet", "nngk", "cls"))
   assert cls.data.split == "classification" and cls.method.name == "nngk"
-  omni = SHARED.get_config("omniglot,magnet")
+  omni = SHARED.get_config("dataset=omniglot,method=magnet")
   assert (omni.data.split, omni.data.split_attribute) == ("by_attribute",
                                                           "alphabet")
   assert not omni.data.flip and omni.data.options.channels == 1
   with pytest.raises(ValueError, match="'cls' protocol is for tinyimagenet"):
-    SHARED.get_config("omniglot,nngk,cls")
+    SHARED.get_config(_spec("omniglot", "nngk", "cls"))
   with pytest.raises(ValueError, match="unknown method 'tripplet'"):
-    SHARED.get_config("omniglot,tripplet")
+    SHARED.get_config("dataset=omniglot,method=tripplet")
   with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-    SHARED.get_config("mnist,nngk")
-  with pytest.raises(ValueError, match="must be"):
-    SHARED.get_config("omniglot")
+    SHARED.get_config("dataset=mnist,method=nngk")
+  with pytest.raises(ValueError, match="Unknown config argument 'omniglot'"):
+    SHARED.get_config("omniglot,nngk")
 
 
 def _write_omniglot(folder: pathlib.Path, alphabets, characters=3, drawers=4):
@@ -104,7 +97,7 @@ def test_omniglot_config_trains_end_to_end(tmp_path):
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
   root = tmp_path / "images_background"
   _write_omniglot(root, ["Alpha", "Beta", "Gamma", "Delta"])
-  config = SHARED.get_config("omniglot,nngk")
+  config = SHARED.get_config("dataset=omniglot,method=nngk")
   config.data.data_dir = str(tmp_path)
   config.data.image_size, config.data.crop_size = 12, 8
   config.model.backbone_kwargs.width = 4
@@ -161,6 +154,7 @@ def test_classification_split_reports_classifier_and_1nn_accuracy(tmp_path):
   c.model.embedding_dim = 8
   c.loss.name = "softmax"
   c.loss.kwargs = {}
+  c.eval.evaluators = "loss_classifier,nearest_neighbour"
   c.sampler.classes_per_batch, c.sampler.images_per_class = 10, 4
   c.optim.lr = 3e-3
   c.train.epochs, c.train.steps_per_epoch = 1, 60

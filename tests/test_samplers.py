@@ -14,7 +14,7 @@ def test_pk_batches_have_p_classes_of_k_images():
   labels = _labels()
   s = samplers.PKSampler(labels, classes_per_batch=3, images_per_class=4, seed=0)
   for step in range(s.steps_per_epoch):
-    b = s.batch(0, step)
+    b = s.batch(step)
     assert b.shape == (12,)
     classes, counts = np.unique(labels[b], return_counts=True)
     assert len(classes) == 3 and np.all(counts == 4), labels[b]
@@ -24,7 +24,7 @@ def test_pk_visits_every_example_each_epoch():
   labels = _labels()
   s = samplers.PKSampler(labels, 3, 4, seed=1)
   for epoch in range(3):
-    seen = np.concatenate([s.batch(epoch, i) for i in range(s.steps_per_epoch)])
+    seen = np.concatenate([s.batch(epoch * s.steps_per_epoch + i) for i in range(s.steps_per_epoch)])
     assert set(seen.tolist()) == set(range(len(labels)))
 
 
@@ -32,8 +32,8 @@ def test_pk_is_deterministic_and_epochs_differ():
   labels = _labels()
   a = samplers.PKSampler(labels, 3, 4, seed=5)
   b = samplers.PKSampler(labels, 3, 4, seed=5)
-  np.testing.assert_array_equal(a.batch(2, 1), b.batch(2, 1))
-  assert not np.array_equal(a.batch(0, 0), a.batch(1, 0))
+  np.testing.assert_array_equal(a.batch(2 * a.steps_per_epoch + 1), b.batch(2 * b.steps_per_epoch + 1))
+  assert not np.array_equal(a.batch(0), a.batch(1 * a.steps_per_epoch + 0))
 
 
 def test_pk_rejects_too_many_classes():
@@ -45,14 +45,14 @@ def test_random_and_whole_class_cover_epoch():
   labels = _labels()
   for s in (samplers.RandomSampler(len(labels), 16, 0),
             samplers.WholeClassSampler(labels, 16, 0)):
-    seen = np.concatenate([s.batch(0, i) for i in range(s.steps_per_epoch)])
+    seen = np.concatenate([s.batch(i) for i in range(s.steps_per_epoch)])
     assert set(seen.tolist()) == set(range(len(labels)))
 
 
 def test_whole_class_keeps_classes_together():
   labels = _labels()
   s = samplers.WholeClassSampler(labels, 20, 0)
-  flat = np.concatenate([s.batch(0, i) for i in range(s.steps_per_epoch)])[:len(labels)]
+  flat = np.concatenate([s.batch(i) for i in range(s.steps_per_epoch)])[:len(labels)]
   # Classes appear as contiguous runs in the epoch's order.
   runs = np.count_nonzero(np.diff(labels[flat]) != 0) + 1
   assert runs == 9
@@ -60,7 +60,7 @@ def test_whole_class_keeps_classes_together():
 
 def _class_counts_per_batch(labels, sampler, epoch):
   for step in range(sampler.steps_per_epoch):
-    b = sampler.batch(epoch, step)
+    b = sampler.batch(epoch * sampler.steps_per_epoch + step)
     assert b.shape == (sampler.batch_size,)
     yield np.unique(labels[b], return_counts=True)[1]
 
@@ -74,7 +74,7 @@ def test_whole_class_every_class_in_a_batch_has_two_images(batch_size):
   for epoch in range(4):
     for counts in _class_counts_per_batch(labels, s, epoch):
       assert counts.min() >= 2, counts
-    seen = np.concatenate([s.batch(epoch, i) for i in range(s.steps_per_epoch)])
+    seen = np.concatenate([s.batch(epoch * s.steps_per_epoch + i) for i in range(s.steps_per_epoch)])
     assert set(seen.tolist()) == set(range(len(labels)))
 
 
@@ -87,7 +87,7 @@ def test_whole_class_packs_without_extra_steps_for_many_small_classes():
   for counts in _class_counts_per_batch(labels, s, 1):
     assert counts.min() >= 2
   # Cuts happen only at batch ends, so each class forms about one run.
-  flat = np.concatenate([s.batch(1, i) for i in range(s.steps_per_epoch)])
+  flat = np.concatenate([s.batch(1 * s.steps_per_epoch + i) for i in range(s.steps_per_epoch)])
   runs = np.count_nonzero(np.diff(labels[flat][:len(labels)]) != 0) + 1
   assert runs <= 400 + s.steps_per_epoch  # classes stay (nearly) contiguous
 

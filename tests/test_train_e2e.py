@@ -9,16 +9,16 @@ import jax
 import numpy as np
 import pytest
 
+import configs
+from dmlx import train as train_lib
 from dmlx.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-
-import digits_triplet  # pylint: disable=g-import-not-at-top,wrong-import-position
+DIGITS = "baselines.py:dataset=digits,loss=triplet_semihard"
 
 
 def _config(**train):
-  c = digits_triplet.get_config()
+  c = configs.load(DIGITS)
   c.train.progress = False
   c.train.tensorboard = False
   for k, v in train.items():
@@ -65,9 +65,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   loop.train_and_evaluate(_config(epochs=2), str(tmp_path / "resumed"))
 
   def params(workdir):
-    run = loop.setup(_config(epochs=2), workdir, quiet=True)
-    state = jax.device_get(run.state)
-    run.checkpointer.close()
+    restored = train_lib.restore(_config(epochs=2), workdir)
+    state = jax.device_get(restored.state)
+    restored.close()
     return state
 
   a, b = params(str(tmp_path / "full")), params(str(tmp_path / "resumed"))
@@ -80,20 +80,56 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_misspelt_config_key_is_an_error():
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-       f"--config={os.path.join(ROOT, 'configs', 'digits_triplet.py')}",
+       f"--config={os.path.join(ROOT, 'configs', DIGITS)}",
        "--config.train.epoch=3", "--workdir=/nonexistent"],
       capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "epoch" in out.stderr
 
 
-def test_evaluate_launcher_prints_table(trained):
-  workdir, _, _ = trained
+def test_misspelt_method_key_in_a_config_file_is_an_error(tmp_path):
+  c = _config(epochs=1)
+  c.method.lyaer = "embedding"        # a typo in a file, not on the command line
+  with pytest.raises(ValueError, match=r"config\.method\.lyaer is not a setting"):
+    loop.train_and_evaluate(c, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")   # before any work
+
+
+def test_old_config_file_names_still_run():
+  """``--config=configs/digits_triplet.py`` (a file before configs became a
+  package) is translated to its spec, with a note."""
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train.py"),
+       "--config=configs/digits_triplet.py", "--config.train.epoch=3",
+       "--workdir=/nonexistent"], cwd=ROOT,
+      capture_output=True, text=True, timeout=120)
+  assert f"configs/digits_triplet.py is now configs/{DIGITS}" in out.stderr
+  assert out.returncode != 0 and "epoch" in out.stderr   # the typo, not the name
+
+
+def _launch_evaluate(workdir, *flags):
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"),
-       f"--config={os.path.join(ROOT, 'configs', 'digits_triplet.py')}",
-       f"--workdir={workdir}", "--config.eval.layers=pooled,embedding"],
+       f"--config={os.path.join(ROOT, 'configs', DIGITS)}",
+       f"--workdir={workdir}", *flags],
       capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "recall@1" in out.stdout and "map@r" in out.stdout and "nmi" in out.stdout
-  assert "[pooled]" in out.stdout and "[embedding]" in out.stdout
+  return out.stdout
+
+
+def test_evaluate_launcher_prints_table(trained):
+  workdir, _, _ = trained
+  out = _launch_evaluate(workdir, "--config.eval.layers=pooled,embedding")
+  assert "recall@1" in out and "map@r" in out and "nmi" in out
+  assert "[pooled]" in out and "[embedding]" in out
+
+
+def test_evaluate_launcher_prints_final_metrics(trained):
+  """On a finished run, launch/evaluate.py gives exactly final_metrics.json."""
+  workdir, _, _ = trained
+  printed = json.loads(_launch_evaluate(workdir, "--json"))
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)
+  for timing in ("seconds", "train_seconds"):
+    final.pop(timing)
+  assert printed == final

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from jax.test_util import check_grads
 from dmlx import losses
 from dmlx import methods
 from dmlx import models
+import configs
 from dmlx.methods.base import ModelInfo
 from dmlx.models import heads
 from dmlx.models import vgg
@@ -27,8 +27,10 @@ SCALE = 4.0
 
 
 def _config(arg: str):
-  path = os.path.join(ROOT, "configs", "vohays.py")
-  return runpy.run_path(path)["get_config"](arg)
+  """``configs/vohays.py`` for ``'net[,dataset]'``."""
+  net, _, dataset = arg.partition(",")
+  return configs.load(f"vohays.py:net={net}" + (f",dataset={dataset}"
+                                                 if dataset else ""))
 
 
 def _smooth_kwargs():
@@ -186,7 +188,7 @@ def test_layer_selection_equals_network_applied_by_hand():
   variables = {**variables, "batch_stats": stats}
   images = _images(3, size=20)
   layers = ("pool5_3", "fc6", "fc7", "embedding")
-  feats = step_lib.make_feature_fn(model, c.data, layers)(variables, images)
+  feats = step_lib.make_feature_fn(model, c.data)(variables, images, layers=layers)
 
   p, s = variables["params"], variables["batch_stats"]
   from dmlx.data import augment  # pylint: disable=g-import-not-at-top
@@ -253,12 +255,12 @@ def test_classification_variant_is_softmax_on_relu_fc6():
   model = _build(c)
   variables = _init(model)
   out = model.apply(variables, jnp.asarray(_images(4, 16), jnp.float32) / 255.)
-  method = methods.make(c)
+  method, cfg = methods.from_config(c)
   info = ModelInfo(num_classes=5, num_train=10, embedding_dim=6,
                    feature_dims={k: int(v.shape[-1]) for k, v in out.items()})
-  params = method.init_params(jax.random.PRNGKey(0), info)
+  params = method.init_params(cfg, jax.random.PRNGKey(0), info)
   labels = jnp.array([0, 1, 4, 4])
-  loss, _ = method.loss(params, out, {"labels": labels}, None,
+  loss, _ = method.loss(cfg, params, out, {"labels": labels}, None,
                         jax.random.PRNGKey(1))
   logits = np.maximum(np.asarray(out["fc6"]), 0) @ np.asarray(
       params["kernel"]) + np.asarray(params["bias"])
@@ -282,6 +284,8 @@ def test_config_arguments():
   assert c.model.fc_layers == (512,)
   with pytest.raises(ValueError, match="netz"):
     _config("netz,cars")
+  with pytest.raises(ValueError, match="Unknown config argument 'neta'"):
+    configs.load("vohays.py:neta,cars")
   with pytest.raises(ValueError, match="mnist"):
     _config("neta,mnist")
 

@@ -2,21 +2,20 @@
 
 ``load(name, data_dir, image_size, **options)`` dispatches to the loader
 registered under ``name`` in :data:`LOADERS`. Loaders are named by import
-path (``"module:function"``) and imported only when used, so a registry
-entry can point at a module that is not written yet, and importing this file
-never imports scipy, PIL or tensorflow-datasets. To add a dataset, add one
-line to :data:`LOADERS`. A name ``"tfds:<name>"`` reads the same dataset
+path (``"module:function"``) in a :class:`dmlx.registry.Registry` and
+imported only when used, so importing this file never imports scipy, PIL or
+tensorflow-datasets. To add a dataset, add one line to :data:`LOADERS`. A name ``"tfds:<name>"`` reads the same dataset
 through its prepared TFDS builder (``dmlx.data.tfds_loaders``).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import os
 from typing import Any, Callable
 
+from dmlx import registry as registry_lib
 from dmlx.data.base import Dataset
 
 
@@ -34,7 +33,7 @@ class LoaderSpec:
 
 
 _ARCHIVES = "dmlx.data.archives"
-LOADERS: dict[str, LoaderSpec] = {
+LOADERS = registry_lib.Registry("dataset", {
     "cub200": LoaderSpec(f"{_ARCHIVES}:load_cub200"),
     "cars196": LoaderSpec(f"{_ARCHIVES}:load_cars196"),
     "sop": LoaderSpec(f"{_ARCHIVES}:load_sop"),
@@ -48,50 +47,23 @@ LOADERS: dict[str, LoaderSpec] = {
     "digits": LoaderSpec("dmlx.data.digits:load_digits", takes_data_dir=False),
     "procedural": LoaderSpec("dmlx.data.procedural:load_procedural",
                              takes_data_dir=False),
-}
-
-ALIASES: dict[str, str] = {
+}, aliases={
     "cub": "cub200", "cub200_2011": "cub200", "caltech_birds2011": "cub200",
     "cars": "cars196", "stanford_online_products": "sop",
     "inshop_clothes": "inshop", "oxford_flowers102": "flowers102",
     "oxford_iiit_pet": "pets", "stanford_dogs": "dogs",
     "tiny_imagenet": "tinyimagenet", "image_folder": "folder",
-}
+}, normalise=True)
 
 
 def names() -> tuple[str, ...]:
   """The registered dataset names."""
-  return tuple(sorted(LOADERS))
+  return LOADERS.names()
 
 
 def resolve(name: str) -> Callable[..., Dataset]:
   """Imports and returns the loader function registered under ``name``."""
-  return _import(LOADERS[_canonical(name)].target)
-
-
-def _import(target: str) -> Callable[..., Dataset]:
-  module_name, _, func_name = target.partition(":")
-  try:
-    module = importlib.import_module(module_name)
-  except ModuleNotFoundError as e:
-    if e.name and module_name.startswith(e.name):
-      raise ImportError(f"A dataset loader is registered at {target!r} but "
-                        f"module {module_name!r} does not exist.") from e
-    raise
-  try:
-    return getattr(module, func_name)
-  except AttributeError:
-    raise ImportError(f"Module {module_name!r} has no loader {func_name!r} "
-                      f"(registered as {target!r}).") from None
-
-
-def _canonical(name: str) -> str:
-  key = name.lower().replace("-", "_")
-  key = ALIASES.get(key, key)
-  if key not in LOADERS:
-    raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(names())} "
-                     f"(aliases: {', '.join(sorted(ALIASES))}).")
-  return key
+  return registry_lib.import_target(LOADERS.get(name).target)
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None,
@@ -114,12 +86,13 @@ def load(name: str, data_dir: str | os.PathLike | None = None,
   """
   if name.lower().startswith("tfds:"):
     spec = LoaderSpec("dmlx.data.tfds_loaders:load_tfds")
-    loader = functools.partial(_import(spec.target), name[len("tfds:"):])
+    loader = functools.partial(registry_lib.import_target(spec.target),
+                               name[len("tfds:"):])
     key = name
   else:
-    key = _canonical(name)
-    spec = LOADERS[key]
-    loader = _import(spec.target)
+    key = LOADERS.canonical(name)
+    spec = LOADERS.get(key)
+    loader = registry_lib.import_target(spec.target)
   params = dict(inspect.signature(loader).parameters)
   if spec.takes_data_dir:
     params.pop(next(iter(params)))  # The data folder, passed positionally.

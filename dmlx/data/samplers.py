@@ -1,9 +1,12 @@
-"""Batch samplers: deterministic functions of (seed, epoch, step).
+"""Batch samplers: deterministic functions of (seed, step).
 
-A sampler answers ``batch(epoch, step, state=None) -> indices [B]`` and knows
-``steps_per_epoch``. Because each epoch's plan is a pure function of the seed
-and the epoch number, a resumed run recomputes exactly the batches it would
-have seen: the sampler position *is* the global step.
+A sampler answers ``batch(step, state=None) -> indices [B]`` for the global
+step and knows ``steps_per_epoch``; epoch ``step // steps_per_epoch`` has a
+plan that is a pure function of the seed and the epoch number, so a resumed
+run recomputes exactly the batches it would have seen: the sampler position
+*is* the global step, and every process of a multi-process run agrees on the
+global batch without talking. ``state`` is the method's host state, read by
+samplers that depend on it (Magnet's neighbourhoods).
 
 * :class:`RandomSampler`: a shuffled pass over the data, the last batch
   completed with examples drawn from the start of the permutation.
@@ -27,12 +30,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dmlx import registry
+
 
 class Sampler(Protocol):
   steps_per_epoch: int
   batch_size: int
 
-  def batch(self, epoch: int, step: int, state: Any = None) -> np.ndarray:
+  def batch(self, step: int, state: Any = None) -> np.ndarray:
     ...
 
 
@@ -60,9 +65,11 @@ class RandomSampler:
     total = self.steps_per_epoch * self.batch_size
     return np.resize(perm, total).reshape(self.steps_per_epoch, self.batch_size)
 
-  def batch(self, epoch: int, step: int, state: Any = None) -> np.ndarray:
+  def batch(self, step: int, state: Any = None) -> np.ndarray:
+    """The training rows of global step ``step``."""
     del state
-    return self._plan(epoch)[step]
+    epoch, within = divmod(int(step), self.steps_per_epoch)
+    return self._plan(epoch)[within]
 
 
 class PKSampler:
@@ -124,9 +131,11 @@ class PKSampler:
       batches.append(np.concatenate([chosen[i] for i in rng.permutation(len(chosen))]))
     return np.stack(batches)
 
-  def batch(self, epoch: int, step: int, state: Any = None) -> np.ndarray:
+  def batch(self, step: int, state: Any = None) -> np.ndarray:
+    """The training rows of global step ``step``."""
     del state
-    return self._plan(epoch)[step]
+    epoch, within = divmod(int(step), self.steps_per_epoch)
+    return self._plan(epoch)[within]
 
 
 class WholeClassSampler:
@@ -204,9 +213,11 @@ class WholeClassSampler:
       batches += self._pack(rng)[:self.steps_per_epoch - len(batches)]
     return np.stack(batches)
 
-  def batch(self, epoch: int, step: int, state: Any = None) -> np.ndarray:
+  def batch(self, step: int, state: Any = None) -> np.ndarray:
+    """The training rows of global step ``step``."""
     del state
-    return self._plan(epoch)[step]
+    epoch, within = divmod(int(step), self.steps_per_epoch)
+    return self._plan(epoch)[within]
 
 
 def _fits(n: int, k: int, space: int) -> bool:
@@ -265,13 +276,17 @@ def _pack_classes(classes: list[np.ndarray], batch_size: int
   return batches
 
 
+SAMPLERS = registry.Registry("sampler.name", {
+    "pk": lambda cfg, labels, seed: PKSampler(
+        labels, cfg.classes_per_batch, cfg.images_per_class, seed),
+    "random": lambda cfg, labels, seed: RandomSampler(
+        len(labels), cfg.batch_size, seed),
+    "whole_class": lambda cfg, labels, seed: WholeClassSampler(
+        labels, cfg.batch_size, seed),
+})
+
+
 def make_sampler(config, labels: np.ndarray, seed: int) -> Sampler:
-  """Builds the sampler named by ``config.name`` ('pk', 'random', 'whole_class')."""
-  name = config.name
-  if name == "pk":
-    return PKSampler(labels, config.classes_per_batch, config.images_per_class, seed)
-  if name == "random":
-    return RandomSampler(len(labels), config.batch_size, seed)
-  if name == "whole_class":
-    return WholeClassSampler(labels, config.batch_size, seed)
-  raise ValueError(f"Unknown sampler {name!r}; expected 'pk', 'random' or 'whole_class'.")
+  """Builds the sampler named by ``config.name`` (:data:`SAMPLERS`) over
+  ``labels`` from the fields of ``config`` (``config.sampler``)."""
+  return SAMPLERS.get(config.name)(config, labels, seed)

@@ -23,9 +23,11 @@ from dmlx.losses._nca import nca
 from dmlx.losses._npair import npair
 from dmlx.losses._proxy import init_proxy_nca
 from dmlx.losses._proxy import proxy_nca
+from dmlx.losses._registry import LossRef
 from dmlx.losses._registry import LossSpec
 from dmlx.losses._registry import REGISTRY
 from dmlx.losses._registry import apply
+from dmlx.losses._registry import check
 from dmlx.losses._registry import get
 from dmlx.losses._registry import init
 from dmlx.losses._softmax import init_normalized_softmax
@@ -45,5 +47,6 @@ from dmlx.losses._magnet import magnet_loss
 from dmlx.losses._mic import gradient_reversal
 from dmlx.losses._mic import init_projection
 from dmlx.losses._mic import mutual_information_loss
+from dmlx.losses._mic import switch_labels
 from dmlx.losses._nngk import CentreBank
 from dmlx.losses._nngk import nngk

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from dmlx import registry as registry_lib
 from dmlx.losses import _contrastive
 from dmlx.losses import _density
 from dmlx.losses import _lifted
@@ -57,7 +58,7 @@ def _init_margin(rng: Array, num_classes: int, dim: int, *,
                                   beta_per_class=beta_per_class)
 
 
-REGISTRY: dict[str, LossSpec] = {
+REGISTRY = registry_lib.Registry("loss", {
     "triplet_all": LossSpec(_triplet.triplet_all),
     "triplet_semihard": LossSpec(_triplet.triplet_semihard),
     "triplet_batch_hard": LossSpec(_triplet.triplet_batch_hard),
@@ -73,7 +74,7 @@ REGISTRY: dict[str, LossSpec] = {
                                    init=_softmax.init_normalized_softmax),
     # DML-DA's eq. 2 contrastive form (squared distance, unsquared hinge).
     "dmlda_contrastive": LossSpec(_density.dmlda_contrastive),
-}
+})
 
 
 def get(name: str) -> LossSpec:
@@ -82,12 +83,7 @@ def get(name: str) -> LossSpec:
   Raises:
     ValueError: naming ``name`` and listing the valid names.
   """
-  try:
-    return REGISTRY[name]
-  except (KeyError, TypeError):
-    raise ValueError(
-        f"Unknown loss {name!r}; valid names: {', '.join(sorted(REGISTRY))}."
-    ) from None
+  return REGISTRY.get(name)
 
 
 def apply(name: str, embeddings: Array, labels: Array, *,
@@ -171,3 +167,47 @@ def _check_hyper(name: str, hyper: Mapping[str, Any],
     raise ValueError(
         f"Loss {name!r} got unknown hyper-parameter(s) {unknown}; it accepts "
         f"{sorted(known) or 'none'}.")
+
+
+def check(name: str, hyper: Mapping[str, Any]) -> None:
+  """Raises ``ValueError`` now, before any tracing, if ``name`` is not a
+  registered loss or ``hyper`` holds a name neither the loss nor its
+  initialiser accepts."""
+  spec = get(name)
+  _check_hyper(name, hyper,
+               _hyper_names(spec.fn, _num_leading(spec)) | _init_names(spec))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossRef:
+  """A registered loss and its hyper-parameters, checked when made.
+
+  What a config's ``loss`` section (``name``, ``kwargs``) means, as one
+  value: methods that wrap a base loss (MIC's l_α and l_β, DML-DA's L_pair)
+  hold one and call :meth:`init` / :meth:`apply`.
+  """
+  name: str
+  kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    object.__setattr__(self, "kwargs", dict(self.kwargs))
+    check(self.name, self.kwargs)
+
+  @classmethod
+  def from_config(cls, loss_config: Any) -> "LossRef":
+    """From ``config.loss`` (``name`` and ``kwargs``)."""
+    kwargs = loss_config.get("kwargs", None) or {}
+    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+    return cls(str(loss_config.name), kwargs)
+
+  def init(self, rng: Array, num_classes: int, dim: int) -> dict[str, Array]:
+    """:func:`init` of this loss."""
+    return init(self.name, rng, num_classes, dim, **self.kwargs)
+
+  def apply(self, embeddings: Array, labels: Array, *,
+            params: Mapping[str, Any] | None = None,
+            rng: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """:func:`apply` of this loss: always ``(loss, aux)``."""
+    out = apply(self.name, embeddings, labels, params=params, rng=rng,
+                **self.kwargs)
+    return out if isinstance(out, tuple) else (out, {})

@@ -1,22 +1,39 @@
-"""Training methods by name: ``config.method.name`` → ``dmlx.methods.<name>``.
+"""Training methods by name: ``config.method.name`` → a :class:`Method`.
 
-Each module exposes ``make(config) -> Method`` (see :mod:`dmlx.methods.base`).
+Each method module exposes ``METHOD`` (see :mod:`dmlx.methods.base` for the
+contract) and its settings dataclass ``Config``.
 """
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
-from dmlx.methods.base import HostContext, Method, ModelInfo
+from dmlx import registry
+from dmlx.methods.base import HostContext
+from dmlx.methods.base import Method
+from dmlx.methods.base import MethodState
+from dmlx.methods.base import ModelInfo
+from dmlx.methods.base import Update
 
-METHODS = ("loss", "nngk", "magnet", "mic", "dmlda")
+METHODS = registry.Registry("method.name", {
+    "loss": "dmlx.methods.loss:METHOD",
+    "nngk": "dmlx.methods.nngk:METHOD",
+    "magnet": "dmlx.methods.magnet:METHOD",
+    "mic": "dmlx.methods.mic:METHOD",
+    "dmlda": "dmlx.methods.dmlda:METHOD",
+})
 
 
-def make(config) -> Method:
-  """Builds the method named by ``config.method.name``."""
-  name = config.method.name
-  if name not in METHODS:
-    raise ValueError(f"Unknown method.name {name!r}; expected one of {METHODS}.")
-  return importlib.import_module(f"dmlx.methods.{name}").make(config)
+def get(name: str) -> Method:
+  """The method registered as ``name``."""
+  return METHODS.get(name)
 
 
-__all__ = ["HostContext", "METHODS", "Method", "ModelInfo", "make"]
+def from_config(config: Any) -> tuple[Method, Any]:
+  """``(method, settings)`` for ``config.method.name``; the settings are
+  checked (unknown keys, types, ranges) before anything is compiled."""
+  method = get(config.method.name)
+  return method, method.settings(config)
+
+
+__all__ = ["HostContext", "METHODS", "Method", "MethodState", "ModelInfo",
+           "Update", "from_config", "get"]

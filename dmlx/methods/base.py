@@ -1,42 +1,66 @@
-"""The contract every training method implements: pure functions, state as data.
+"""The method contract: settings, pure functions, state as data.
 
-A *method* (plain loss, NNGK, Magnet, MIC, DML-DA, ...) is a bundle of functions
-that the generic trainer in :mod:`dmlx.train` calls:
+A *method* (a plain loss, NNGK, Magnet, MIC, DML-DA) is a module that declares
 
-* ``init_params(rng, info)``: learnable parameters the method adds beside the
-  network (NNGK centre weights, margin-loss β, proxies, DML-DA target densities
-  α_c, MIC's projection net R). They live in ``params['method']`` and are
-  trained by optax like any weight (learning-rate group ``'method'``).
-* ``init_state(ctx)``: host side, once before the first epoch: the method's
-  immutable state pytree (NNGK centre bank, Magnet cluster index, MIC surrogate
-  labels, DML-DA original densities), or ``None``.
-* ``refresh(ctx, state)``: host side, between epochs, every ``refresh_every``
-  epochs: embed the training set (``ctx.embed``), run FAISS, return a *new*
-  state with the same shapes (shapes are static so the jitted step is not
-  recompiled).
-* ``loss(params, outputs, batch, state, rng)``: jitted, inside the train step;
-  ``outputs`` is the network's dict of named features (``'embedding'``,
-  ``'pooled'``, ...), ``batch`` the dict ``{'images', 'labels', 'index'}``
-  (``index`` = position of each example in the training set). Returns
-  ``(scalar loss, aux dict of scalars or per-example arrays)``. The loss is a
-  function of the *global* batch: under ``jit`` with a sharded batch, XLA
-  computes exactly the single-device value and gradients.
-* ``after_step(state, aux, batch)``: optional, host side, after each step
-  (Magnet caches per-example losses into its cluster index here).
-* ``make_sampler(ctx, state)``: optional, host side: a custom batch sampler
-  (Magnet's neighbourhood sampling); default is the config's sampler.
+* ``Config``: a frozen dataclass, the single source of the method's settings
+  and their defaults (``config.method.*``; :func:`dmlx.config.set_method`
+  writes them into a run config, :func:`settings` reads them back and rejects
+  unknown keys);
+* top-level pure functions of that config, bundled in a :class:`Method`:
 
-State objects are ``flax.struct.dataclass`` pytrees of arrays stored in the
-``TrainState`` and written to the same orbax checkpoint as the weights.
+  ``init_params(cfg, rng, info)``
+      learnable parameters beside the network (NNGK centre weights, margin
+      β, proxies, α_c, MIC's R), trained by optax in ``params['method']``.
+  ``init_state(cfg, info) -> MethodState``
+      the state with its final shapes, zero-filled and cheap (no embedding,
+      no FAISS): the template a checkpoint is restored into.
+  ``refresh(cfg, ctx, state) -> MethodState``
+      host side: embed the training set (``ctx.embed``), run FAISS, return a
+      new state of the same shapes. The trainer calls it before the first
+      step (the initial centre bank, cluster index, surrogate labels or
+      original densities) and every ``refresh_every(cfg)`` epochs after.
+  ``loss(cfg, params, outputs, batch, state, rng) -> (loss, aux)``
+      jitted, on the global batch; ``state`` is ``MethodState.device``.
+  ``update_state(cfg, state, aux, batch) -> state`` (optional)
+      jitted, after the update inside the same step: device-side state
+      changes (Magnet caches the batch's losses with a scatter).
+  ``updates(cfg) -> (Update, ...)`` (optional)
+      the optimiser updates of one iteration, each on its own batch stream
+      with its own loss, optionally taken with a probability (MIC's authors'
+      class step, then an auxiliary step with p = 0.8). Default: one update
+      of ``loss`` on the ``'train'`` stream.
+  ``samplers(cfg, ctx, state) -> {stream: Sampler}`` (optional)
+      host side, rebuilt after every refresh: the batch sampler of each
+      stream (Magnet's neighbourhoods, MIC's batches by surrogate cluster).
+      Default: ``config.sampler`` over the class labels for ``'train'``.
+  ``sync(cfg, host, device) -> host`` (optional), every ``sync_every(cfg)``
+      steps: host state derived from a host copy of the device state
+      (Magnet's per-cluster losses for seed sampling). The only transfers of
+      the step loop happen at these declared steps and at log steps.
+  ``epoch_length(cfg, config, train) -> int`` (optional)
+      steps per epoch when the method's own sampler sets it (Magnet);
+      default: one pass of ``config.sampler``.
+
+The state is a :class:`MethodState`: ``device`` is an argument of the jitted
+step (replicated on the mesh), ``host`` is only read on the host (samplers,
+refresh, evaluation). Both are pytrees of arrays and both go into the
+checkpoint, so a resumed run continues exactly without a refresh.
+
+A method's extra evaluations (NNGK's classifier, Magnet's kNC, MIC's
+concatenation, DML-DA's densities) are evaluators registered in
+:mod:`dmlx.train.evaluators`, named by the method's ``evaluators`` and chosen
+by ``config.eval.evaluators``.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
+import flax
 import jax
 import numpy as np
 
+from dmlx import settings as settings_lib
 from dmlx.data.base import Dataset
 
 Array = jax.Array
@@ -45,60 +69,169 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-  """Static facts the method needs to create its parameters."""
+  """Static facts a method needs to create its parameters and state."""
   num_classes: int        # number of training classes
   num_train: int          # number of training examples
   embedding_dim: int      # dimension of outputs['embedding']
   feature_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass
+@flax.struct.dataclass
+class MethodState:
+  """A method's state: what the jitted step reads and what only the host
+  reads. Both are pytrees of arrays with static shapes."""
+  device: PyTree = ()
+  host: PyTree = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class HostContext:
-  """What a host-side step (init_state / refresh / make_sampler) may use.
+  """What a host-side step (refresh, samplers, evaluators) may use.
 
   Attributes:
-    config: the whole run config (ml_collections.ConfigDict).
+    config: the whole run config (read only).
     train: the training dataset.
     embed: ``embed(layer='embedding', dataset=None) -> np.ndarray [N, D]``:
-      features of ``dataset`` (default: the training set) at the named layer,
-      computed with the current weights in inference mode (no dropout, running
-      BatchNorm statistics), batched and jitted. Conv maps are globally pooled.
-    params: current ``params['method']`` (host copy) for methods that need it.
-    epoch: number of completed epochs.
-    seed: an integer seed for host-side randomness (FAISS k-means, sampling),
-      derived from the run seed and the epoch so a resumed run repeats it.
-    log: ``log(str)`` writes a line to the training log.
+      features of ``dataset`` (default: the training set) at the named layer
+      with the current weights in inference mode (no dropout, BatchNorm's
+      running statistics), batched and jitted; maps are pooled globally.
+      Training-set features are computed once per context.
+    params: the current ``params['method']`` (host copy).
+    epoch: completed epochs.
+    step: completed steps.
+    seed: integer seed for host randomness (FAISS k-means, sampling),
+      a function of the run seed and the epoch, so a resumed run repeats it.
+    log: writes a line to the training log.
   """
   config: Any
   train: Dataset
   embed: Callable[..., np.ndarray]
   params: PyTree
   epoch: int
+  step: int
   seed: int
   log: Callable[[str], None] = print
 
 
-def _no_params(rng: Array, info: ModelInfo) -> dict:
-  del rng, info
+@dataclasses.dataclass(frozen=True)
+class EvalContext(HostContext):
+  """What an evaluator may use: a :class:`HostContext` at the evaluated
+  step plus the evaluated split and the method.
+
+  Attributes:
+    test: the evaluated dataset (test or validation classes).
+    test_features: ``{layer: [N, D]}`` features of ``test`` already computed
+      for the retrieval table (``embedding`` always among them).
+    method_config: the method's settings.
+    state: the method's state (host copies of both parts).
+    seen_classes: whether ``test``'s classes are the training classes (a
+      classification split), which classifiers need.
+  """
+  test: Dataset = None  # type: ignore[assignment]
+  test_features: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  method_config: Any = None
+  state: Any = None
+  seen_classes: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+  """One optimiser update of an iteration.
+
+  Attributes:
+    name: prefix of its logged metrics (``'class'``, ``'aux'``).
+    stream: the batch stream it consumes (a key of ``samplers``).
+    loss: ``loss(cfg, params, outputs, batch, state, rng) -> (loss, aux)``.
+    probability: chance that the update is taken at an iteration (a coin
+      drawn on the device from the step's key); 1 = always.
+  """
+  name: str
+  stream: str
+  loss: Callable[..., tuple[Array, dict]]
+  probability: float = 1.0
+
+
+def host_seed(seed: int, epoch: int) -> int:
+  """The integer seed of host-side randomness at ``epoch`` of a run with
+  ``seed`` (a resumed run derives the same one)."""
+  return int(np.random.default_rng([seed, epoch, 7]).integers(2**31 - 1))
+
+
+def _no_params(cfg, rng, info):
+  del cfg, rng, info
   return {}
 
 
-def _no_state(ctx: HostContext) -> None:
-  del ctx
-  return None
+def _no_state(cfg, info) -> MethodState:
+  del cfg, info
+  return MethodState()
+
+
+def _never(cfg) -> int:
+  del cfg
+  return 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A training method: see the module docstring for each function's role."""
+  """A method's functions (see the module docstring); ``Config`` is its
+  settings dataclass, ``evaluators`` the names of its own evaluators."""
   name: str
+  Config: type  # pylint: disable=invalid-name
   loss: Callable[..., tuple[Array, dict]]
-  init_params: Callable[[Array, ModelInfo], PyTree] = _no_params
-  init_state: Callable[[HostContext], PyTree] = _no_state
-  refresh: Optional[Callable[[HostContext, PyTree], PyTree]] = None
-  refresh_every: int = 0
-  after_step: Optional[Callable[[PyTree, dict, dict], PyTree]] = None
-  make_sampler: Optional[Callable[[HostContext, PyTree], Any]] = None
-  # Extra evaluations reported at the end of training:
-  # evaluate(ctx, state, test_dataset, test_embeddings) -> dict[str, float].
-  evaluate: Optional[Callable[..., dict]] = None
+  init_params: Callable[..., PyTree] = _no_params
+  init_state: Callable[..., MethodState] = _no_state
+  refresh: Optional[Callable[..., MethodState]] = None
+  refresh_every: Callable[[Any], int] = _never
+  update_state: Optional[Callable[..., PyTree]] = None
+  updates: Optional[Callable[[Any], tuple[Update, ...]]] = None
+  samplers: Optional[Callable[..., Mapping[str, Any]]] = None
+  sync: Optional[Callable[..., PyTree]] = None
+  sync_every: Callable[[Any], int] = _never
+  epoch_length: Optional[Callable[..., int]] = None
+  evaluators: tuple[str, ...] = ()
+
+  def settings(self, config: Any) -> Any:
+    """The method's ``Config`` read from the run config (``config.method``;
+    a base loss from ``config.loss``). Unknown keys and wrong types raise,
+    naming the key."""
+    external = {}
+    for f in dataclasses.fields(self.Config):
+      if f.metadata.get(settings_lib.EXTERNAL) == "loss":
+        from dmlx import losses  # pylint: disable=g-import-not-at-top
+        external[f.name] = losses.LossRef.from_config(config.loss)
+    return settings_lib.from_mapping(self.Config, config.method,
+                                     prefix="config.method", **external)
+
+  def iteration(self, cfg: Any) -> tuple[Update, ...]:
+    """The updates of one iteration."""
+    if self.updates is None:
+      return (Update("train", "train", self.loss),)
+    return tuple(self.updates(cfg))
+
+
+def loss_field() -> Any:
+  """A ``Config`` field holding the base loss (a :class:`dmlx.losses.LossRef`
+  read from ``config.loss``, not from ``config.method``)."""
+  return dataclasses.field(default=None,
+                           metadata={settings_lib.EXTERNAL: "loss"})
+
+
+def check_positive_int(cfg: Any, *names: str, allow_zero: bool = False) -> None:
+  """Raises ``ValueError`` naming ``config.method.<name>`` unless each field
+  is an integer ≥ 1 (≥ 0 with ``allow_zero``)."""
+  for name in names:
+    value = getattr(cfg, name)
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+        or value < low:
+      raise ValueError(f"config.method.{name} must be an integer >= {low}, "
+                       f"got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  """Raises ``ValueError`` naming ``config.method.<name>`` unless ``value``
+  is one of ``choices``."""
+  if value not in choices:
+    raise ValueError(f"config.method.{name} must be one of {choices}, got "
+                     f"{value!r}.")

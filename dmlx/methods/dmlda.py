@@ -13,12 +13,12 @@ with L_DA the density regulariser of eqs. (6)/(8)
   ``config.method.alpha_init`` (paper: 0.5);
 * state :class:`DensityState` ``(original_density [C])``: each training
   class's original density D^(0)_avg, eq. (5) on the L2-normalised
-  global-pooled backbone features (``ctx.embed('pooled')``), measured once in
-  ``init_state`` before training (the paper uses GoogLeNet's pool5);
+  global-pooled backbone features (``ctx.embed('pooled')``), measured once
+  before the first step (the paper uses GoogLeNet's pool5);
 * the jitted ``loss`` = base loss + λ · regulariser;
-* ``evaluate``: after training, the mean class density (eq. 5) of the final
-  embeddings on the test and training classes and the mean learnt α_c
-  (:func:`evaluate_densities`).
+* the ``'dmlda_densities'`` evaluator: after training, the mean class
+  density (eq. 5) of the final embeddings on the test and training classes
+  and the mean learnt α_c (:func:`evaluate_densities`).
 
 ``config.method.regularizer`` selects the regulariser:
 
@@ -31,19 +31,12 @@ with L_DA the density regulariser of eqs. (6)/(8)
 
 ``λ`` (``config.method.lam``, paper: 10) weights whichever regulariser is
 chosen. Config fields (``config.method``): ``regularizer='density'``,
-``lam=10.0``, ``eta=0.5``, ``alpha_init=0.5``, ``correlation=True``, and
-optionally ``min_class_size=2``, ``entropy_temperature=1.0``,
-``base='registry'``.
+``lam=10.0``, ``eta=0.5``, ``alpha_init=0.5``, ``correlation=True``,
+``min_class_size=2``, ``entropy_temperature=1.0``.
 
-``config.method.base`` picks the base loss L_base:
-
-* ``'registry'`` (default): ``config.loss.name`` of :mod:`dmlx.losses` with
-  ``config.loss.kwargs`` (the paper's N-pair: ``'npair'``; triplet:
-  ``'triplet_all'`` with ``squared=True, reduction='valid'``);
-* ``'dmlda_contrastive'``: the paper's own contrastive loss, eq. (2)
-  (:func:`dmlx.losses._density.dmlda_contrastive`: D + max(0, m_p − D) on
-  the squared distance, averaged over pairs), with ``config.loss.kwargs``
-  holding its ``margin``; ``config.loss.name`` is then not read.
+The base loss L_base is ``config.loss`` of :mod:`dmlx.losses` (the paper's
+contrastive form, eq. (2): ``'dmlda_contrastive'``; N-pair: ``'npair'``;
+triplet: ``'triplet_all'`` with ``squared=True, reduction='valid'``).
 
 Batches: a class's density needs several of its images in the batch. The
 paper samples 10 classes × 10 images (Cars196, CUB; the trainer's P×K
@@ -52,6 +45,7 @@ accumulated up to the batch size.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import flax
@@ -59,13 +53,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmlx.losses import _density
-from dmlx.methods.base import HostContext, Method, ModelInfo
+from dmlx import losses
+from dmlx.methods import base
 
 Array = jax.Array
 
 REGULARIZERS = ("density", "density_minus", "gor", "entropy", "none")
-BASES = ("registry", "dmlda_contrastive")
 
 
 @flax.struct.dataclass
@@ -128,176 +121,113 @@ def original_density(features: np.ndarray, labels: np.ndarray,
   return density.astype(np.float32)
 
 
-def _settings(config: Any) -> dict:
-  """Reads and checks ``config.method``; returns plain Python values."""
-  m = config.method
-  get = m.get if hasattr(m, "get") else (lambda k, d=None: getattr(m, k, d))
-  regularizer = get("regularizer", "density")
-  if regularizer not in REGULARIZERS:
-    raise ValueError(f"dmlda: config.method.regularizer={regularizer!r} is "
-                     f"not one of {REGULARIZERS}.")
-  base = get("base", "registry")
-  if base not in BASES:
-    raise ValueError(f"dmlda: config.method.base={base!r} is not one of "
-                     f"{BASES}.")
-  s = dict(
-      base=base,
-      regularizer=regularizer,
-      lam=float(get("lam", 10.0)),
-      eta=float(get("eta", 0.5)),
-      alpha_init=float(get("alpha_init", 0.5)),
-      correlation=bool(get("correlation", True)) and regularizer == "density",
-      min_class_size=int(get("min_class_size", 2)),
-      entropy_temperature=float(get("entropy_temperature", 1.0)),
-  )
-  if not (np.isfinite(s["lam"]) and s["lam"] >= 0):
-    raise ValueError(f"dmlda: config.method.lam must be >= 0, got {s['lam']}.")
-  if not (np.isfinite(s["eta"]) and s["eta"] >= 0):
-    raise ValueError(f"dmlda: config.method.eta must be >= 0, got {s['eta']}.")
-  if not np.isfinite(s["alpha_init"]):
-    raise ValueError(f"dmlda: config.method.alpha_init must be finite, got "
-                     f"{s['alpha_init']}.")
-  if s["min_class_size"] < 1:
-    raise ValueError(f"dmlda: config.method.min_class_size must be >= 1, got "
-                     f"{s['min_class_size']}.")
-  if not s["entropy_temperature"] > 0:
-    raise ValueError(f"dmlda: config.method.entropy_temperature must be > 0, "
-                     f"got {s['entropy_temperature']}.")
-  return s
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """``config.method`` of DML-DA (see the module docstring)."""
+  regularizer: str = "density"
+  lam: float = 10.0
+  eta: float = 0.5
+  alpha_init: float = 0.5
+  correlation: bool = True
+  min_class_size: int = 2
+  entropy_temperature: float = 1.0
+  loss: Any = base.loss_field()
+
+  def __post_init__(self):
+    base.check_choice("regularizer", self.regularizer, REGULARIZERS)
+    for name in ("lam", "eta"):
+      value = getattr(self, name)
+      if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"config.method.{name} must be >= 0, got {value}.")
+    if not np.isfinite(self.alpha_init):
+      raise ValueError(f"config.method.alpha_init must be finite, got "
+                       f"{self.alpha_init}.")
+    base.check_positive_int(self, "min_class_size")
+    if not self.entropy_temperature > 0:
+      raise ValueError(f"config.method.entropy_temperature must be > 0, got "
+                       f"{self.entropy_temperature}.")
+
+  @property
+  def uses_alpha(self) -> bool:
+    return self.regularizer in ("density", "density_minus")
+
+  @property
+  def uses_original_density(self) -> bool:
+    """Eq. (8)'s correlation penalty (off for DML-DA⁻ and other
+    regularisers)."""
+    return self.correlation and self.regularizer == "density"
 
 
-def _loss_kwargs(config: Any) -> dict:
-  kwargs = config.loss.get("kwargs", None) if hasattr(config.loss, "get") \
-      else getattr(config.loss, "kwargs", None)
-  if kwargs is None:
-    return {}
-  return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
+def init_params(cfg: Config, rng: Array, info: base.ModelInfo) -> dict:
+  """The base loss's parameters and the target densities α_c."""
+  params = {"base": cfg.loss.init(rng, info.num_classes, info.embedding_dim)}
+  if cfg.uses_alpha:
+    params["target_density"] = jnp.full((info.num_classes,), cfg.alpha_init,
+                                        jnp.float32)
+  return params
 
 
-class _LocalBases:
-  """The base losses of DML-DA that live outside the loss registry, behind
-  the registry's ``init`` / ``apply`` interface."""
-
-  LOSSES = {"dmlda_contrastive": _density.dmlda_contrastive}
-  HYPER = {"dmlda_contrastive": ("margin",)}
-
-  @classmethod
-  def check(cls, name: str, kwargs: dict) -> None:
-    unknown = sorted(set(kwargs) - set(cls.HYPER[name]))
-    if unknown:
-      raise ValueError(f"dmlda: base loss {name!r} got unknown "
-                       f"config.loss.kwargs {unknown}; it accepts "
-                       f"{list(cls.HYPER[name])}.")
-
-  @staticmethod
-  def init(name, rng, num_classes, dim, **kwargs) -> dict:
-    del name, rng, num_classes, dim, kwargs
-    return {}
-
-  @classmethod
-  def apply(cls, name, embeddings, labels, params=None, rng=None, **kwargs):
-    del params, rng
-    return cls.LOSSES[name](embeddings, labels, **kwargs)
+def init_state(cfg: Config, info: base.ModelInfo) -> base.MethodState:
+  if not cfg.uses_original_density:
+    return base.MethodState()
+  return base.MethodState(device=DensityState(
+      original_density=np.zeros((info.num_classes,), np.float32)))
 
 
-def make(config: Any, *, registry: Optional[Any] = None) -> Method:
-  """Builds the DML-DA :class:`~dmlx.methods.base.Method` (eq. (9)).
-
-  Args:
-    config: the run config; reads ``config.method`` (see the module
-      docstring) and the base loss ``config.loss.name`` /
-      ``config.loss.kwargs``.
-    registry: the loss registry, an object with ``apply(name, embeddings,
-      labels, params=, rng=, **kwargs)`` and ``init(name, rng, num_classes,
-      dim, **kwargs)``; default :mod:`dmlx.losses` (tests pass a stub). Not
-      used when ``config.method.base`` names a local base loss.
-
-  Returns:
-    The method: ``loss(params_method, outputs, batch, state, rng) ->
-    (L_base + λ·R, aux)`` with ``R`` the chosen regulariser.
-  """
-  s = _settings(config)
-  loss_kwargs = _loss_kwargs(config)
-  if s["base"] == "registry":
-    loss_name = config.loss.name
-    if registry is None:
-      import dmlx.losses as registry  # pylint: disable=g-import-not-at-top
-  else:
-    loss_name = s["base"]
-    _LocalBases.check(loss_name, loss_kwargs)
-    registry = _LocalBases
-  uses_alpha = s["regularizer"] in ("density", "density_minus")
-
-  def init_params(rng: Array, info: ModelInfo) -> dict:
-    params = {"base": registry.init(loss_name, rng, info.num_classes,
-                                    info.embedding_dim, **loss_kwargs)}
-    if uses_alpha:
-      params["target_density"] = jnp.full((info.num_classes,),
-                                          s["alpha_init"], jnp.float32)
-    return params
-
-  def init_state(ctx: HostContext) -> Optional[DensityState]:
-    if not s["correlation"]:
-      return None
-    features = ctx.embed("pooled")
-    d0 = original_density(features, ctx.train.labels, ctx.train.num_classes)
-    ctx.log(f"dmlda: original densities D0 over {len(d0)} classes from "
-            f"{features.shape[1]}-d pooled features: mean {d0.mean():.4f}, "
-            f"min {d0.min():.4f}, max {d0.max():.4f}")
-    return DensityState(original_density=jnp.asarray(d0))
-
-  def regularize(params: dict, embeddings: Array, labels: Array,
-                 state: Optional[DensityState]) -> tuple[Array, dict]:
-    reg = s["regularizer"]
-    if reg in ("density", "density_minus"):
-      if s["correlation"] and state is None:
-        raise ValueError("dmlda: regularizer 'density' with correlation=True "
-                         "needs the DensityState from init_state, got None.")
-      return _density.density_regularizer(
-          embeddings, labels, params["target_density"],
-          state.original_density if s["correlation"] else None,
-          eta=s["eta"], correlation=s["correlation"],
-          min_class_size=s["min_class_size"])
-    if reg == "gor":
-      return _density.global_orthogonal_regularizer(embeddings, labels)
-    if reg == "entropy":
-      return _density.entropy_regularizer(
-          embeddings, labels, temperature=s["entropy_temperature"])
-    return jnp.zeros((), embeddings.dtype), {}
-
-  def loss(params: dict, outputs: dict, batch: dict,
-           state: Optional[DensityState], rng: Array) -> tuple[Array, dict]:
-    embeddings = outputs["embedding"]
-    labels = batch["labels"]
-    base = registry.apply(loss_name, embeddings, labels,
-                          params=params.get("base", {}), rng=rng,
-                          **loss_kwargs)
-    base_loss, base_aux = base if isinstance(base, tuple) else (base, {})
-    reg_loss, reg_aux = regularize(params, embeddings, labels, state)
-    total = base_loss + s["lam"] * reg_loss
-    aux = {f"base/{k}": v for k, v in dict(base_aux).items()}
-    aux.update({f"reg/{k}": v for k, v in reg_aux.items()})
-    aux.update({"loss_base": base_loss, "regularizer": reg_loss,
-                "loss": total})
-    return total, aux
-
-  def evaluate(ctx: HostContext, state: Optional[DensityState], test_dataset,
-               test_embeddings: np.ndarray) -> dict:
-    """Mean class density (eq. 5) of the final embeddings on the test classes
-    and on the training set (``config.eval.train_subset`` of it), and the
-    mean learnt target density α_c."""
-    del state
-    return evaluate_densities(ctx, test_dataset, test_embeddings)
-
-  variant = ("density" if s["correlation"] else "density_minus") \
-      if uses_alpha else s["regularizer"]
-  return Method(name=f"dmlda:{variant}:{loss_name}", loss=loss,
-                init_params=init_params, init_state=init_state,
-                evaluate=evaluate)
+def refresh(cfg: Config, ctx: base.HostContext,
+            state: base.MethodState) -> base.MethodState:
+  """D⁽⁰⁾ of every training class from the pooled features (once, before
+  the first step)."""
+  if not cfg.uses_original_density:
+    return state
+  features = ctx.embed("pooled")
+  d0 = original_density(features, ctx.train.labels, ctx.train.num_classes)
+  ctx.log(f"dmlda: original densities D0 over {len(d0)} classes from "
+          f"{features.shape[1]}-d pooled features: mean {d0.mean():.4f}, "
+          f"min {d0.min():.4f}, max {d0.max():.4f}")
+  return base.MethodState(device=DensityState(original_density=d0))
 
 
-def evaluate_densities(ctx: HostContext, test_dataset: Any,
-                       test_embeddings: np.ndarray) -> dict[str, float]:
+def _regularize(cfg: Config, params: dict, embeddings: Array, labels: Array,
+                state: Optional[DensityState]) -> tuple[Array, dict]:
+  reg = cfg.regularizer
+  if cfg.uses_alpha:
+    return losses.density_regularizer(
+        embeddings, labels, params["target_density"],
+        state.original_density if cfg.uses_original_density else None,
+        eta=cfg.eta, correlation=cfg.uses_original_density,
+        min_class_size=cfg.min_class_size)
+  if reg == "gor":
+    return losses.global_orthogonal_regularizer(embeddings, labels)
+  if reg == "entropy":
+    return losses.entropy_regularizer(embeddings, labels,
+                                      temperature=cfg.entropy_temperature)
+  return jnp.zeros((), embeddings.dtype), {}
+
+
+def loss(cfg: Config, params: dict, outputs: dict, batch: dict,
+         state: Optional[DensityState], rng: Array) -> tuple[Array, dict]:
+  """Eq. (9): L_base + λ·L_DA on the embedding."""
+  embeddings = outputs["embedding"]
+  labels = batch["labels"]
+  base_loss, base_aux = cfg.loss.apply(embeddings, labels,
+                                       params=params.get("base", {}), rng=rng)
+  reg_loss, reg_aux = _regularize(
+      cfg, params, embeddings, labels,
+      state if cfg.uses_original_density else None)
+  total = base_loss + cfg.lam * reg_loss
+  aux = {f"base/{k}": v for k, v in dict(base_aux).items()}
+  aux.update({f"reg/{k}": v for k, v in reg_aux.items()})
+  aux.update({"loss_base": base_loss, "regularizer": reg_loss})
+  return total, aux
+
+
+METHOD = base.Method(name="dmlda", Config=Config, loss=loss,
+                     init_params=init_params, init_state=init_state,
+                     refresh=refresh, evaluators=("dmlda_densities",))
+
+
+def evaluate_densities(ctx: base.EvalContext) -> dict[str, float]:
   """The densities DML-DA acts on, measured after training (eq. 5).
 
   Returns ``test_density`` and ``train_density``: the mean over classes of
@@ -309,6 +239,8 @@ def evaluate_densities(ctx: HostContext, test_dataset: Any,
   when a regulariser shrinks or spreads the whole embedding. Plus
   ``mean_target_density`` (mean α_c) when the method learns α.
   """
+  test_dataset = ctx.test
+  test_embeddings = ctx.test_features["embedding"]
   test_labels = np.asarray(test_dataset.labels)
   test_density = float(np.mean(original_density(
       test_embeddings, test_labels, test_dataset.num_classes)))

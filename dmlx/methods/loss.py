@@ -1,19 +1,44 @@
-"""The plain method: one registry loss on the embedding, no host state.
+"""The plain method: one registry loss on a named output, no state.
 
 ``config.loss.name`` picks the loss (triplet_semihard, contrastive, npair,
 margin, proxy_nca, lifted_structure, nca, softmax, ...), ``config.loss.kwargs``
 its hyper-parameters; loss parameters (β, proxies, classifier weights) live in
-``params['method']``.
+``params['method']``. ``config.method.layer`` is the network output the loss
+sees (``'embedding'``; Vo & Hays's classification variant uses
+``'fc6_relu'``).
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import numpy as np
 
 from dmlx import losses
-from dmlx.methods.base import HostContext, Method, ModelInfo
+from dmlx.methods import base
 
 # Losses whose parameters are a classifier over the training classes.
 CLASSIFIERS = ("softmax", "normalized_softmax", "proxy_nca")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """``config.method`` of the plain method."""
+  layer: str = "embedding"
+  loss: Any = base.loss_field()
+
+
+def init_params(cfg: Config, rng, info: base.ModelInfo):
+  """The loss's own parameters (``{}`` for parameter-free losses)."""
+  dim = info.feature_dims.get(cfg.layer, info.embedding_dim)
+  return cfg.loss.init(rng, info.num_classes, dim)
+
+
+def loss(cfg: Config, params, outputs, batch, state, rng):
+  """``config.loss`` on ``outputs[cfg.layer]``."""
+  del state
+  return cfg.loss.apply(outputs[cfg.layer], batch["labels"], params=params,
+                        rng=rng)
 
 
 def classifier_logits(name: str, params, embeddings: np.ndarray) -> np.ndarray:
@@ -36,33 +61,19 @@ def classifier_logits(name: str, params, embeddings: np.ndarray) -> np.ndarray:
   raise ValueError(f"classifier_logits: {name!r} is not one of {CLASSIFIERS}.")
 
 
-def make(config) -> Method:
-  """A :class:`Method` that applies ``config.loss`` to ``outputs[layer]``."""
-  name = config.loss.name
-  losses.get(name)  # fail early on an unknown name
-  kwargs = dict(config.loss.kwargs)
-  layer = config.method.get("layer", "embedding")
+def evaluate_classifier(ctx) -> dict:
+  """Accuracy of the loss's own classifier (softmax, normalised softmax,
+  ProxyNCA) on the test images of the training classes; ``{}`` for other
+  losses or another layer. An evaluator (``'loss_classifier'``)."""
+  cfg = ctx.method_config
+  if cfg.loss.name not in CLASSIFIERS or cfg.layer != "embedding":
+    return {}
+  logits = classifier_logits(cfg.loss.name, ctx.params,
+                             ctx.test_features["embedding"])
+  pred = np.argmax(logits, axis=1)
+  return {"classifier_accuracy":
+          float(np.mean(pred == np.asarray(ctx.test.labels)))}
 
-  def init_params(rng, info: ModelInfo):
-    dim = info.feature_dims.get(layer, info.embedding_dim)
-    return losses.init(name, rng, info.num_classes, dim, **kwargs)
 
-  def loss(params, outputs, batch, state, rng):
-    del state
-    return losses.apply(name, outputs[layer], batch["labels"], params=params,
-                        rng=rng, **kwargs)
-
-  def evaluate(ctx: HostContext, state, test_dataset, test_embeddings) -> dict:
-    """Accuracy of the loss's own classifier on a classification split
-    (test images of the training classes); {} on a zero-shot split."""
-    del state
-    if (name not in CLASSIFIERS or layer != "embedding" or
-        tuple(test_dataset.class_names) != tuple(ctx.train.class_names)):
-      return {}
-    logits = classifier_logits(name, ctx.params, test_embeddings)
-    pred = np.argmax(logits, axis=1)
-    return {"classifier_accuracy":
-            float(np.mean(pred == np.asarray(test_dataset.labels)))}
-
-  return Method(name=f"loss:{name}", loss=loss, init_params=init_params,
-                evaluate=evaluate)
+METHOD = base.Method(name="loss", Config=Config, loss=loss,
+                     init_params=init_params, evaluators=("loss_classifier",))

@@ -1,4 +1,4 @@
-"""NNGK training method: centre bank refresh, classifier and ``make(config)``.
+"""NNGK training method: the centre bank, its refresh, the classifier, ``METHOD``.
 
 Meyer, Harwood & Drummond, "Deep metric learning and image classification with
 nearest neighbour Gaussian kernels", ICIP 2018.
@@ -60,23 +60,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from dmlx import index as dmlx_index
-from dmlx.losses._nngk import CentreBank
-from dmlx.losses._nngk import nngk
-from dmlx.methods.base import HostContext
-from dmlx.methods.base import Method
-from dmlx.methods.base import ModelInfo
+from dmlx import losses
+from dmlx.losses import CentreBank
+from dmlx.methods import base
 
 __all__ = [
-    "CentreBank", "NNGKOptions", "accuracy", "build_bank", "class_log_probs",
-    "make", "predict",
+    "CentreBank", "Config", "METHOD", "accuracy", "build_bank",
+    "class_log_probs", "predict",
 ]
 
 _INDEX_TYPES = ("flat", "hnsw", "ivf")
 
 
 @dataclasses.dataclass(frozen=True)
-class NNGKOptions:
-  """The ``config.method`` fields NNGK reads (see the module docstring)."""
+class Config:
+  """``config.method`` of NNGK (see the module docstring)."""
   sigma: float = 10.0
   num_neighbours: int = 100
   update_interval: int = 10
@@ -90,36 +88,12 @@ class NNGKOptions:
   def __post_init__(self):
     if not self.sigma > 0:
       raise ValueError(f"config.method.sigma must be > 0, got {self.sigma!r}.")
-    for name in ("num_neighbours", "update_interval"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-          or value < 1:
-        raise ValueError(
-            f"config.method.{name} must be a positive integer, got {value!r}.")
+    base.check_positive_int(self, "num_neighbours", "update_interval")
     if not self.min_weight > 0:
       raise ValueError(
           f"config.method.min_weight must be > 0, got {self.min_weight!r}.")
-    if self.index_type not in _INDEX_TYPES:
-      raise ValueError(f"config.method.index_type must be one of "
-                       f"{_INDEX_TYPES}, got {self.index_type!r}.")
-    if self.reduction not in ("mean", "sum"):
-      raise ValueError(f"config.method.reduction must be 'mean' or 'sum', "
-                       f"got {self.reduction!r}.")
-
-  @classmethod
-  def from_config(cls, config) -> "NNGKOptions":
-    """Reads ``config.method`` (a ConfigDict or mapping); missing = default."""
-    method = config.get("method", None) if hasattr(config, "get") else getattr(
-        config, "method", None)
-    method = {} if method is None else method
-    fields = {}
-    for f in dataclasses.fields(cls):
-      if f.name in method:
-        value = method[f.name]
-        if f.name == "index_kwargs":
-          value = dict(value.to_dict() if hasattr(value, "to_dict") else value)
-        fields[f.name] = value
-    return cls(**fields)
+    base.check_choice("index_type", self.index_type, _INDEX_TYPES)
+    base.check_choice("reduction", self.reduction, ("mean", "sum"))
 
 
 # ----------------------------------------------------------------------------
@@ -188,7 +162,7 @@ def _bank_stats(bank: CentreBank, sq_dist: np.ndarray,
   }
 
 
-def _refresh_bank(ctx: HostContext, opts: NNGKOptions,
+def _refresh_bank(ctx: base.HostContext, opts: Config,
                   old: Optional[CentreBank]) -> CentreBank:
   """Embeds the training set (no dropout) and rebuilds the bank, timing and
   logging both halves."""
@@ -313,63 +287,78 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------
-# Method factory
+# The method
 # ----------------------------------------------------------------------------
 
 
-def make(config) -> Method:
-  """Builds the NNGK :class:`~dmlx.methods.base.Method` from ``config``.
+def init_params(cfg: Config, rng: jax.Array, info: base.ModelInfo) -> dict:
+  """Per-centre weights w_i, initialised to 1 (the paper's fixed value);
+  none when ``learn_weights`` is off."""
+  del rng
+  if not cfg.learn_weights:
+    return {}
+  return {"weights": jnp.ones((info.num_train,), jnp.float32)}
 
-  ``config.method`` fields: see the module docstring / :class:`NNGKOptions`.
-  """
-  opts = NNGKOptions.from_config(config)
 
-  def init_params(rng: jax.Array, info: ModelInfo) -> dict:
-    del rng
-    if not opts.learn_weights:
-      return {}
-    # w_i initialised to 1 (the paper's fixed-weight value).
-    return {"weights": jnp.ones((info.num_train,), jnp.float32)}
+def init_state(cfg: Config, info: base.ModelInfo) -> base.MethodState:
+  """An all-zero centre bank of the final shapes (``[N, D]`` centres,
+  ``[N, k]`` neighbour lists)."""
+  n, k = info.num_train, cfg.num_neighbours
+  dim = info.feature_dims.get(cfg.feature, info.embedding_dim)
+  bank = CentreBank(centres=np.zeros((n, dim), np.float32),
+                    labels=np.zeros((n,), np.int32),
+                    neighbours=np.zeros((n, k), np.int32),
+                    mask=np.zeros((n, k), bool))
+  return base.MethodState(device=bank)
 
-  def init_state(ctx: HostContext) -> CentreBank:
-    return _refresh_bank(ctx, opts, None)
 
-  def refresh(ctx: HostContext, state: CentreBank) -> CentreBank:
-    return _refresh_bank(ctx, opts, state)
+def refresh(cfg: Config, ctx: base.HostContext,
+            state: base.MethodState) -> base.MethodState:
+  """Rebuilds the centre bank from the current weights (Section 2.3)."""
+  return base.MethodState(device=_refresh_bank(ctx, cfg, state.device))
 
-  def loss(params: dict, outputs: Mapping[str, jax.Array], batch: Mapping,
-           state: CentreBank, rng: jax.Array) -> tuple[jax.Array, dict]:
-    del rng
-    if opts.feature not in outputs:
-      raise ValueError(f"NNGK feature {opts.feature!r} not in network outputs "
-                       f"{sorted(outputs)}.")
-    weights = params["weights"] if opts.learn_weights else None
-    return nngk(outputs[opts.feature], batch["labels"], batch["index"], state,
-                weights, sigma=opts.sigma, min_weight=opts.min_weight,
-                reduction=opts.reduction)
 
-  def evaluate(ctx: HostContext, state: CentreBank, test_dataset,
-               test_embeddings: np.ndarray) -> dict:
-    """Test accuracy of the eq. 3 classifier (classification splits only).
+def refresh_every(cfg: Config) -> int:
+  """Epochs between bank refreshes (the paper's update interval)."""
+  return cfg.update_interval
 
-    The centres are re-embedded with the final weights (the stored bank may be
-    up to ``update_interval`` epochs stale)."""
-    del state
-    if tuple(test_dataset.class_names) != tuple(ctx.train.class_names):
-      return {}  # zero-shot split: test classes have no training centres.
-    if opts.feature != "embedding":
-      test_embeddings = ctx.embed(opts.feature, test_dataset)
-    centres = np.asarray(ctx.embed(opts.feature), np.float32)
-    weights = None
-    if opts.learn_weights and ctx.params and "weights" in ctx.params:
-      weights = np.asarray(ctx.params["weights"])
-    pred = predict(np.asarray(test_embeddings, np.float32), centres,
-                   np.asarray(ctx.train.labels), weights, sigma=opts.sigma,
-                   num_neighbours=opts.num_neighbours,
-                   index_type=opts.index_type, min_weight=opts.min_weight,
-                   **opts.index_kwargs)
-    return {"nngk_accuracy": accuracy(pred, np.asarray(test_dataset.labels))}
 
-  return Method(name="nngk", loss=loss, init_params=init_params,
-                init_state=init_state, refresh=refresh,
-                refresh_every=opts.update_interval, evaluate=evaluate)
+def loss(cfg: Config, params: dict, outputs: Mapping[str, jax.Array],
+         batch: Mapping, state: CentreBank,
+         rng: jax.Array) -> tuple[jax.Array, dict]:
+  """Eq. 3 of the batch's current embeddings against their stored
+  neighbour centres (:func:`dmlx.losses.nngk`)."""
+  del rng
+  if cfg.feature not in outputs:
+    raise ValueError(f"NNGK feature {cfg.feature!r} not in network outputs "
+                     f"{sorted(outputs)}.")
+  weights = params["weights"] if cfg.learn_weights else None
+  return losses.nngk(outputs[cfg.feature], batch["labels"], batch["index"],
+                     state, weights, sigma=cfg.sigma, min_weight=cfg.min_weight,
+                     reduction=cfg.reduction)
+
+
+def evaluate_classifier(ctx: base.EvalContext) -> dict:
+  """Test accuracy of the eq. 3 classifier (an evaluator: classification
+  splits only). The centres are re-embedded with the evaluated weights (the
+  stored bank may be up to ``update_interval`` epochs stale)."""
+  cfg = ctx.method_config
+  test_embeddings = ctx.test_features.get(cfg.feature)
+  if test_embeddings is None:
+    test_embeddings = ctx.embed(cfg.feature, ctx.test)
+  centres = np.asarray(ctx.embed(cfg.feature), np.float32)
+  weights = None
+  if cfg.learn_weights and ctx.params and "weights" in ctx.params:
+    weights = np.asarray(ctx.params["weights"])
+  pred = predict(np.asarray(test_embeddings, np.float32), centres,
+                 np.asarray(ctx.train.labels), weights, sigma=cfg.sigma,
+                 num_neighbours=cfg.num_neighbours,
+                 index_type=cfg.index_type, min_weight=cfg.min_weight,
+                 **cfg.index_kwargs)
+  return {"nngk_accuracy": accuracy(pred, np.asarray(ctx.test.labels))}
+
+
+METHOD = base.Method(
+    name="nngk", Config=Config, loss=loss, init_params=init_params,
+    init_state=init_state, refresh=refresh, refresh_every=refresh_every,
+    evaluators=("nngk_classifier",))

@@ -8,17 +8,16 @@ Every network maps ``[B, H, W, C]`` images to a dict of named features
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import flax.linen as nn
 
+from dmlx import registry
 from dmlx.models.heads import EmbeddingNet, l2_normalise
 from dmlx.models.small_cnn import SmallCNN
 
-# name -> "module:attribute" (imported lazily so a missing optional file does
-# not break the others).
-BACKBONES = {
+# name -> "module:attribute", imported when first used.
+BACKBONES = registry.Registry("model.backbone", {
     "small_cnn": "dmlx.models.small_cnn:SmallCNN",
     "resnet18": "dmlx.models.resnet:ResNet18",
     "resnet50": "dmlx.models.resnet:ResNet50",
@@ -26,16 +25,12 @@ BACKBONES = {
     "googlenet": "dmlx.models.inception:GoogLeNet",
     "bn_inception": "dmlx.models.inception:BNInception",
     "alexnet": "dmlx.models.alexnet:AlexNet",
-}
+})
 
 
 def get_backbone(name: str, **kwargs: Any) -> nn.Module:
   """Instantiates the backbone registered as ``name``."""
-  if name not in BACKBONES:
-    raise ValueError(f"Unknown model.backbone {name!r}; expected one of "
-                     f"{sorted(BACKBONES)}.")
-  module, attr = BACKBONES[name].split(":")
-  return getattr(importlib.import_module(module), attr)(**kwargs)
+  return BACKBONES.get(name)(**kwargs)
 
 
 def build_model(cfg) -> EmbeddingNet:

@@ -3,13 +3,25 @@
 The seed papers train a pretrained backbone slowly, the new embedding head
 faster, and loss parameters (NNGK weights, β, proxies, α_c) at their own
 rate; :func:`make_optimizer` builds that from ``config.optim``.
+
+The learning rate is a function of the *iteration* (``TrainState.step``),
+not of optax's update count, so a method that takes two updates in one
+iteration (MIC's class and auxiliary steps) follows the same schedule as a
+one-update method: ``tx`` computes the update direction of each group (Adam,
+SGD with momentum, weight decay, clipping) and :meth:`Optimizer.scale`
+multiplies it by ``-lr(step) · multiplier(group, step)``. This is exactly
+optax's ``scale_by_learning_rate`` at the end of the chain, moved out of it.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
+
+GROUPS = ("backbone", "head", "method")
 
 
 def param_groups(params: Any) -> Any:
@@ -41,25 +53,67 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   return sched
 
 
-def _base(cfg, lr) -> optax.GradientTransformation:
+def _direction(cfg) -> optax.GradientTransformation:
+  """The optimiser without its learning rate (the last factor)."""
   if cfg.name == "adam":
     parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
-    return optax.chain(*parts, optax.adam(lr))
+    return optax.chain(*parts, optax.scale_by_adam())
   if cfg.name == "adamw":
-    return optax.adamw(lr, weight_decay=cfg.weight_decay)
+    return optax.chain(optax.scale_by_adam(),
+                       optax.add_decayed_weights(cfg.weight_decay))
   if cfg.name == "sgd":
     parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
-    return optax.chain(*parts, optax.sgd(lr, momentum=cfg.momentum or None))
+    if cfg.momentum:
+      parts.append(optax.trace(decay=cfg.momentum, nesterov=False))
+    return optax.chain(*parts) if parts else optax.identity()
   raise ValueError(f"Unknown optim.name {cfg.name!r}; expected 'adam', 'adamw' or 'sgd'.")
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-  """The optax transformation for ``params = {'model':..., 'method':...}``."""
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """``tx`` (the update direction, per group) and the step's scale.
+
+  Attributes:
+    tx: optax transformation of ``params = {'model': ..., 'method': ...}``
+      without learning rate (the same for every group).
+    schedule: base learning rate as a function of the iteration.
+    multipliers: ``{group: factor}`` (``optim.*_lr_mult``).
+    backbone_frozen_steps: iterations during which the backbone's rate is 0
+      (its optimiser state still accumulates, as the authors of Vo & Hays do
+      by setting the group's rate to 0).
+  """
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  multipliers: dict[str, float]
+  backbone_frozen_steps: int = 0
+
+  def init(self, params: Any) -> Any:
+    return self.tx.init(params)
+
+  def update(self, grads: Any, opt_state: Any, params: Any,
+             step: jax.Array) -> tuple[Any, Any]:
+    """``(updates, new_opt_state)`` of one update at iteration ``step``."""
+    direction, opt_state = self.tx.update(grads, opt_state, params)
+    lr = self.schedule(step)
+    groups = param_groups(params)
+
+    def scale(u, group):
+      mult = self.multipliers[group]
+      if group == "backbone" and self.backbone_frozen_steps:
+        mult = jnp.where(step < self.backbone_frozen_steps, 0.0, mult)
+      return u * (-(lr * mult))
+
+    return jax.tree_util.tree_map(scale, direction, groups), opt_state
+
+
+def make_optimizer(cfg, total_steps: int) -> Optimizer:
+  """The :class:`Optimizer` of ``config.optim`` for a run of
+  ``total_steps`` iterations."""
   sched = make_schedule(cfg, total_steps)
-  mults = {"backbone": cfg.backbone_lr_mult, "head": cfg.head_lr_mult,
-           "method": cfg.method_lr_mult}
-  txs = {name: _base(cfg, (lambda s, m=m: sched(s) * m)) for name, m in mults.items()}
-  tx = optax.multi_transform(txs, param_groups)
+  tx = _direction(cfg)
   if cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
-  return tx
+  mults = {"backbone": cfg.backbone_lr_mult, "head": cfg.head_lr_mult,
+           "method": cfg.method_lr_mult}
+  return Optimizer(tx=tx, schedule=sched, multipliers=mults,
+                   backbone_frozen_steps=int(cfg.get("backbone_frozen_steps", 0)))

@@ -6,10 +6,16 @@ written as a function of the *global* batch (the loss sees all B examples,
 BatchNorm averages over all of them), so XLA inserts the collectives and the
 loss and gradients equal the single-device result exactly — no per-device
 loss scaling, and in-batch mining sees every pair, not just those on one device.
+
+One step is one *iteration* of the method: its updates (:class:`Update`) in
+order, each on its own batch stream with its own forward pass, loss,
+gradient and optimiser update, an update with ``probability < 1`` taken when
+a coin drawn from the step's key says so (``lax.cond``). The step returns
+device scalars only: the loop reads them at its declared log steps.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dmlx.data import augment
 from dmlx.methods.base import Method
+from dmlx.train.optim import Optimizer
 from dmlx.train.state import TrainState
 
 
@@ -29,7 +36,8 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def shard_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Places a host batch on the mesh, sharded on the leading axis.
+  """Places a host batch on the mesh, sharded on the leading axis (an
+  explicit transfer).
 
   On several hosts each process passes its own slice of the global batch
   (``jax.make_array_from_process_local_data``)."""
@@ -50,65 +58,113 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def _split_aux(aux: dict) -> tuple[dict, dict]:
-  scalars = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
-  arrays = {k: v for k, v in aux.items() if jnp.ndim(v) > 0}
-  return scalars, arrays
-
-
-def make_grad_fn(model, method: Method, data_cfg) -> Callable:
-  """Returns ``grad_fn(state, batch) -> (loss, aux, batch_stats, grads)``:
-  the forward pass on the augmented global batch, the method's loss and its
-  gradients with respect to ``state.params``."""
+def make_grad_fn(model, loss_fn: Callable, method_config: Any,
+                 data_cfg) -> Callable:
+  """``grad_fn(params, batch_stats, method_state, batch, rng) -> (loss, aux,
+  batch_stats, grads)``: the forward pass on the augmented batch, the
+  update's loss ``loss_fn(cfg, params, outputs, batch, state, rng)`` and its
+  gradients with respect to ``params``."""
   mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
 
-  def grad_fn(state: TrainState, batch: dict):
-    rng = jax.random.fold_in(state.rng, state.step)
+  def grad_fn(params, batch_stats, method_state, batch, rng):
     k_aug, k_drop, k_loss = jax.random.split(rng, 3)
     images = augment.preprocess(batch["images"], k_aug, crop_size=data_cfg.crop_size,
                                 flip=data_cfg.flip, mean=mean, std=std, train=True,
                                 bgr=data_cfg.get("bgr", False))
 
-    def loss_fn(params):
-      variables = {"params": params["model"], "batch_stats": state.batch_stats}
+    def objective(p):
+      variables = {"params": p["model"], "batch_stats": batch_stats}
       outputs, updates = model.apply(variables, images, train=True,
                                      mutable=["batch_stats"], rngs={"dropout": k_drop})
-      loss, aux = method.loss(params["method"], outputs, batch, state.method_state, k_loss)
-      return loss, (aux, updates.get("batch_stats", state.batch_stats))
+      loss, aux = loss_fn(method_config, p["method"], outputs, batch,
+                          method_state, k_loss)
+      return loss, (aux, updates.get("batch_stats", batch_stats))
 
-    (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    return loss, aux, batch_stats, grads
+    (loss, (aux, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        params)
+    return loss, aux, new_stats, grads
 
   return grad_fn
 
 
-def make_train_step(model, method: Method, tx: optax.GradientTransformation,
-                    data_cfg) -> Callable:
-  """Returns ``train_step(state, batch) -> (state, scalars, per_example)``."""
-  grad_fn = make_grad_fn(model, method, data_cfg)
+def _scalars(aux: Mapping[str, Any]) -> dict[str, jax.Array]:
+  return {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()
+          if jnp.ndim(v) == 0}
 
-  def train_step(state: TrainState, batch: dict):
-    loss, aux, batch_stats, grads = grad_fn(state, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state, batch_stats=batch_stats)
-    scalars, arrays = _split_aux(aux)
-    scalars = {"loss": loss, "grad_norm": optax.global_norm(grads), **scalars}
-    return new_state, scalars, arrays
+
+def _all_finite(scalars: Mapping[str, jax.Array]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(v) for v in scalars.values()]))
+
+
+def make_train_step(model, method: Method, method_config: Any,
+                    optimizer: Optimizer, data_cfg) -> Callable:
+  """Returns ``train_step(state, batches) -> (state, metrics)``.
+
+  ``batches`` maps each stream of the method's updates to a device batch
+  ``{'images', 'labels', 'index'}``. ``metrics`` are device scalars: ``loss``
+  (the sum over the updates taken), ``grad_norm``, the losses' scalar aux
+  entries (prefixed ``<update>/`` when an iteration has several updates,
+  with ``<update>/taken``) and ``finite`` (1 when every one is finite).
+  """
+  updates = method.iteration(method_config)
+  grad_fns = [make_grad_fn(model, u.loss, method_config, data_cfg)
+              for u in updates]
+  several = len(updates) > 1
+
+  def apply_update(i, state: TrainState, batch, rng):
+    loss, aux, batch_stats, grads = grad_fns[i](
+        state.params, state.batch_stats, state.method_state, batch, rng)
+    deltas, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                         state.step)
+    method_state = state.method_state
+    if method.update_state is not None:
+      method_state = method.update_state(method_config, method_state, aux, batch)
+    new = state.replace(params=optax.apply_updates(state.params, deltas),
+                        opt_state=opt_state, batch_stats=batch_stats,
+                        method_state=method_state)
+    scalars = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               **_scalars(aux)}
+    return new, {k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()}
+
+  def train_step(state: TrainState, batches: Mapping[str, Any]):
+    base_rng = jax.random.fold_in(state.rng, state.step)
+    metrics: dict[str, jax.Array] = {}
+    total = jnp.zeros((), jnp.float32)
+    for i, update in enumerate(updates):
+      batch = {**batches[update.stream], "step": state.step}
+      rng = base_rng if i == 0 else jax.random.fold_in(base_rng, i)
+      if update.probability < 1.0:
+        coin = jax.random.uniform(jax.random.fold_in(rng, 7919))
+        take = coin < update.probability
+        shape = jax.eval_shape(lambda s, b, r, i=i: apply_update(i, s, b, r),
+                               state, batch, rng)[1]
+        state, m = jax.lax.cond(
+            take, lambda s, b, r, i=i: apply_update(i, s, b, r),
+            lambda s, b, r: (s, jax.tree_util.tree_map(
+                lambda x: jnp.zeros(x.shape, x.dtype), shape)),
+            state, batch, rng)
+        m = {**m, "taken": take.astype(jnp.float32)}
+      else:
+        state, m = apply_update(i, state, batch, rng)
+      total = total + m["loss"]
+      metrics.update({f"{update.name}/{k}": v for k, v in m.items()}
+                     if several else m)
+    if several:
+      metrics["loss"] = total
+    metrics["finite"] = _all_finite(metrics).astype(jnp.float32)
+    return state.replace(step=state.step + 1), metrics
 
   return train_step
 
 
-def make_feature_fn(model, data_cfg, layers: tuple[str, ...],
-                    map_pooling: str = "max") -> Callable:
-  """``features(variables, images) -> {layer: [B, D]}`` in inference mode.
+def make_feature_fn(model, data_cfg, map_pooling: str = "max") -> Callable:
+  """``features(variables, images, layers) -> {layer: [B, D]}`` in
+  inference mode, jitted (``layers`` is static: one compilation per set).
 
   Convolutional maps are pooled globally (max, as Vo & Hays; or avg)."""
   mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
 
-  def features(variables, images):
+  def features(variables, images, layers: tuple[str, ...]):
     x = augment.preprocess(images, None, crop_size=data_cfg.crop_size, flip=False,
                            mean=mean, std=std, train=False, bgr=data_cfg.get("bgr", False))
     outputs = model.apply(variables, x, train=False)
@@ -123,11 +179,13 @@ def make_feature_fn(model, data_cfg, layers: tuple[str, ...],
       result[layer] = f
     return result
 
-  return jax.jit(features)
+  return jax.jit(features, static_argnames="layers")
 
 
 def extract_features(feature_fn: Callable, variables: Any, images: np.ndarray,
-                     mesh: Mesh, batch_size: int = 256) -> dict[str, np.ndarray]:
+                     mesh: Mesh, batch_size: int = 256,
+                     layers: tuple[str, ...] = ("embedding",)
+                     ) -> dict[str, np.ndarray]:
   """Runs ``feature_fn`` over ``images`` in fixed-size batches (the last one
   padded, so one compilation serves all) and returns host arrays."""
   n = len(images)
@@ -139,7 +197,8 @@ def extract_features(feature_fn: Callable, variables: Any, images: np.ndarray,
     valid = len(part)
     if valid < batch_size:
       part = np.concatenate([part, np.repeat(part[-1:], batch_size - valid, 0)])
-    out = feature_fn(variables, shard_batch(mesh, {"x": part})["x"])
-    for k, v in out.items():
-      chunks.setdefault(k, []).append(np.asarray(jax.device_get(v))[:valid])
+    out = feature_fn(variables, shard_batch(mesh, {"x": part})["x"],
+                     layers=tuple(layers))
+    for k, v in jax.device_get(out).items():
+      chunks.setdefault(k, []).append(np.asarray(v)[:valid])
   return {k: np.concatenate(v).astype(np.float32) for k, v in chunks.items()}
