@@ -33,13 +33,15 @@ METHODS = ("triplet_semihard", "margin", "nngk", "magnet", "mic",
            "dmlda_contrastive")
 
 
-def _data_dir(dataset: str) -> str:
+def _data_dir(dataset: str, given: str = "") -> str:
+  if given:
+    return given
   import configs  # pylint: disable=g-import-not-at-top
   return configs.load(f"real_data.py:dataset={dataset},method=margin").data.data_dir
 
 
 def run(tree: str, dataset: str, method: str, epochs: int, core: int,
-        workdir: str) -> dict:
+        workdir: str, data_dir: str = "") -> dict:
   """One training run in ``tree``; its steady-state and overall steps/s."""
   shutil.rmtree(workdir, ignore_errors=True)
   cmd = ["taskset", "-c", str(core), sys.executable,
@@ -47,7 +49,7 @@ def run(tree: str, dataset: str, method: str, epochs: int, core: int,
          f"--config=configs/{dataset}_{method}.py", f"--workdir={workdir}",
          f"--config.train.epochs={epochs}", "--config.train.progress=False",
          "--config.eval.untrained_baseline=False",
-         f"--config.data.data_dir={_data_dir(dataset)}"]
+         f"--config.data.data_dir={_data_dir(dataset, data_dir)}"]
   out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
   if out.returncode:
@@ -69,6 +71,8 @@ def main() -> None:
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--core", type=int, default=0)
+  parser.add_argument("--data_dir", default="", help="the dataset's archive "
+                      "(default: the configs' data.data_dir)")
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                     "train_speed.json"))
   args = parser.parse_args()
@@ -84,7 +88,7 @@ def main() -> None:
     for method in args.methods.split(","):
       for name, tree in trees.items():
         r = run(tree, args.dataset, method, args.epochs, args.core,
-                os.path.join(scratch, "run"))
+                os.path.join(scratch, "run"), args.data_dir)
         results.setdefault(method, {})[name] = r
         print(f"{method:>18} {name:>14}: {r['steady_steps_per_s']:6.2f} steps/s "
               f"steady, {r['loop_steps_per_s']:6.2f} over the loop, "

@@ -101,14 +101,16 @@ VARIANTS = ("dataset=procedural", "dataset=procedural,cls", "dataset=digits",
 
 
 def method(c: ConfigDict, *, sigma: float, num_neighbours: int = 100,
-           update_interval: int = 10, learn_weights: bool = True) -> None:
+           update_interval: int = 10, learn_weights: bool = True,
+           bank_bn: str = "batch") -> None:
   """NNGK (:class:`dmlx.methods.nngk.Config`) with σ of eq. 1, k of 𝒩
   (eq. 3), the epochs between bank refreshes and learned w_i; exact k-NN
-  (N ≲ 20k here), the batch mean of the loss; random batches."""
+  (N ≲ 20k here), the paper's summed loss, the centres embedded in the
+  loss's BatchNorm mode; random batches."""
   common.set_method(c, "nngk", sigma=float(sigma), num_neighbours=num_neighbours,
                     update_interval=update_interval, learn_weights=learn_weights,
                     min_weight=1e-4, index_type="flat", feature="embedding",
-                    reduction="mean")
+                    reduction="sum", bank_bn=bank_bn)
   c.sampler.name = "random"                     # NNGK needs no P×K batches
   c.model.normalise = False                     # kernels on raw distances
   c.model.scale = 1.0

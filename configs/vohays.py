@@ -26,14 +26,20 @@ extract it):
 Loss (Sec. 3.4): the mean over *all* valid triplets of the batch of the
 smooth triplet loss log(1 + exp(d(a,p) - d(a,n))), d the squared Euclidean
 distance (the paper prints d(a,n) - d(a,p), a typo: that form would push
-positives apart). This is ``triplet_all(soft=True, squared=True,
-reduction='valid')`` of ``dmlx.losses``. "We normalize the image feature to
-have unit magnitude and then scale it by 4": the *feature* is scaled by 4
-(``model.normalise=True, model.scale=4.0``), so squared distances lie in
-[0, 64]; the authors' released code does the same
-(``MyTripletLoss(normalize_scale=4.0)`` multiplies the unit vector by 4).
-Their code also *learns* that scale (initialised at 4); dmlx keeps it fixed,
-as the paper's text describes.
+positives apart), on unit features times a scale: "We normalize the image
+feature to have unit magnitude and then scale it by 4". The authors' code
+*learns* that scale from 4 (``MyTripletLoss(normalize_scale=4.0,
+learn_scale=True)``, weight decay 5e-5): ``dmlx.losses.smooth_triplet`` with
+``scale=4.0, learn_scale=True`` and ``optim.method_weight_decay=5e-5``
+(``learn_scale=False`` is the paper's text). The network's embedding is the
+unit feature (``model.normalise=True, model.scale=1``), so every layer is
+evaluated on L2-normalised features (cosine, ``eval.l2_normalise``), as
+the authors evaluate. Batches: 16 classes × 2 images, classes drawn in
+proportion to their size without replacement (the authors' sampler,
+``sampler.name='proportional_pk'``). The backbone's learning rate is 0 for
+the first 100 iterations (``optim.backbone_frozen_steps``), as the authors'
+script does while the new layers start (offline, from random weights: the
+same 0.5 % of the steps).
 
 Paper settings (Sec. 5): VGG16-BN conv layers pretrained on ImageNet, SGD
 with momentum 0.9, weight decay 5e-4, learning rate 0.01 divided by 10 during
@@ -107,14 +113,14 @@ def _network(c: ConfigDict, variant: str, width: int) -> None:
     c.loss.name = "softmax"
     c.loss.kwargs = ConfigDict()
   else:
-    c.model.normalise = True
-    c.model.scale = 4.0                # ||x|| = 4 (Sec. 3.4)
+    c.model.normalise = True           # unit features; the loss scales them
+    c.model.scale = 1.0
     common.set_method(c, "loss", layer="embedding")
-    c.loss.name = "triplet_all"
-    c.loss.kwargs = ConfigDict({"soft": True, "squared": True,
-                                "reduction": "valid"})
+    c.loss.name = "smooth_triplet"     # ||x|| = s, s learned from 4 (Sec. 3.4)
+    c.loss.kwargs = ConfigDict({"scale": 4.0, "learn_scale": True})
   c.eval.layers = eval_layers(variant)
   c.eval.metrics = ("recall",)
+  c.eval.l2_normalise = True           # cosine, as the authors evaluate
 
 
 def _optimiser(c: ConfigDict) -> None:
@@ -128,7 +134,8 @@ def _optimiser(c: ConfigDict) -> None:
   c.optim.decay_factor = 0.1
   c.optim.backbone_lr_mult = 1.0
   c.optim.head_lr_mult = 1.0
-  c.optim.method_lr_mult = 1.0         # cls: the classifier like any layer
+  c.optim.method_lr_mult = 1.0         # the scale (cls: the classifier) too
+  c.optim.method_weight_decay = 5e-5   # the authors' decay of the scale
 
 
 def _paper(c: ConfigDict, dataset: str) -> None:
@@ -142,13 +149,14 @@ def _paper(c: ConfigDict, dataset: str) -> None:
   c.data.flip = True
   c.data.mean = common.IMAGENET_MEAN
   c.data.std = common.IMAGENET_STD
-  c.sampler.name = "pk"
+  c.sampler.name = "proportional_pk"   # classes ∝ size (the authors)
   c.sampler.classes_per_batch = 16     # 32 = 16 classes × 2 images
   c.sampler.images_per_class = 2
   c.model.backbone_kwargs = ConfigDict({"pooling": "max"})
   c.model.pretrained = ""              # ImageNet VGG16-BN: see the docstring
   c.train.steps_per_epoch = p["epoch"]
   c.train.epochs = p["iterations"] // p["epoch"]
+  c.optim.backbone_frozen_steps = 100  # new layers first (the authors' script)
   c.train.eval_every_epochs = 1 if dataset != "sop" else 2
   c.train.log_every = 100
   c.train.max_checkpoints = 2
@@ -166,7 +174,7 @@ def _procedural(c: ConfigDict) -> None:
   c.data.split = "zero_shot"
   c.data.train_class_fraction = 0.5
   c.data.num_train_classes = 0
-  c.sampler.name = "pk"
+  c.sampler.name = "proportional_pk"
   c.sampler.classes_per_batch = 16
   c.sampler.images_per_class = 2
   c.model.backbone_kwargs = ConfigDict({"num_filters": 8, "small_inputs": True,
@@ -174,6 +182,7 @@ def _procedural(c: ConfigDict) -> None:
   c.model.pretrained = ""
   c.train.steps_per_epoch = 50
   c.train.epochs = 12
+  c.optim.backbone_frozen_steps = 3    # 0.5 % of the steps, as 100 of 20k
   c.train.eval_every_epochs = 1
   c.train.log_every = 25
   c.train.max_checkpoints = 2

@@ -38,6 +38,10 @@ def base_config() -> ConfigDict:
   c.data.split_attribute = ""       # by_attribute: e.g. 'alphabet'
   c.data.train_attribute_values = ()  # by_attribute: values that go to train
   c.data.validation_classes = 0     # > 0: evaluate on this many held-out *training* classes
+  c.data.validation_attribute_values = ()  # by_attribute: training values held
+                                    # out for validation (a whole alphabet)
+  c.data.classify_fraction = 0.0    # > 0: a classification split of the
+                                    # evaluated classes (this fraction trains)
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.25, 0.25, 0.25)
   c.data.bgr = False                # reverse channels after normalising (Caffe weights);
@@ -83,7 +87,8 @@ def base_config() -> ConfigDict:
   c.optim.backbone_lr_mult = 1.0    # the papers train the new head faster than the
   c.optim.head_lr_mult = 1.0        # pretrained backbone, and loss parameters
   c.optim.method_lr_mult = 1.0      # (β, proxies, centre weights, α_c) at their own rate
-  c.optim.weight_decay = 0.0
+  c.optim.weight_decay = 0.0         # on the network's weights
+  c.optim.method_weight_decay = 0.0  # on params['method'] (w_i, β, α_c, R)
   c.optim.momentum = 0.9
   c.optim.schedule = "constant"     # constant | cosine | step
   c.optim.warmup_steps = 0
@@ -116,6 +121,7 @@ def base_config() -> ConfigDict:
   c.eval.batch_size = 256
   c.eval.train_subset = 2000        # examples of the training set for train-set recall
   c.eval.untrained_baseline = True
+  c.eval.l2_normalise = False       # evaluate every layer on unit features (cosine)
   # Evaluators beside the retrieval table (dmlx.train.evaluators): 'auto' =
   # the method's own (NNGK's classifier, Magnet's kNC, ...) and 1-NN;
   # or comma-separated names. Classifiers run on classification splits only.

@@ -46,8 +46,9 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "omniglot", "omniglot | tinyimagenet.")
 flags.DEFINE_string("protocol", "test", "test (unseen classes) | val "
-                    "(held-out training classes) | cls (Tiny ImageNet "
-                    "classification split).")
+                    "(a held-out training alphabet / held-out training "
+                    "classes) | cls / cls_val (the test / validation classes "
+                    "as a classification task).")
 flags.DEFINE_string("methods", "triplet_semihard,contrastive,margin,"
                     "proxy_nca,normalized_softmax,smooth_triplet,nngk,magnet,"
                     "mic,dmlda_contrastive_base,dmlda_contrastive",
@@ -302,7 +303,7 @@ def main(argv) -> None:
         jobs.append((f"pml {l} seed {seed}", pml_command(l, seed, d), d))
     run_all(jobs, FLAGS.workers)
   rows = collect(saved_rows())
-  metrics = METRICS + (CLS_METRICS if FLAGS.protocol == "cls" else ())
+  metrics = METRICS + (CLS_METRICS if FLAGS.protocol.startswith("cls") else ())
   summary = summarise(rows, metrics)
   pixels_path = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol,
                              "raw_pixels.json")

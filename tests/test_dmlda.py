@@ -11,6 +11,7 @@ import pytest
 
 from dmlx.data.base import Dataset
 from dmlx.losses import _density
+from dmlx.losses import _dmlda_contrastive
 from dmlx.methods import dmlda
 from dmlx import losses as dmlx_losses
 from dmlx.methods import base as base_lib
@@ -547,7 +548,7 @@ def test_with_the_real_loss_registry():
 # ----------------------------------------------------------------------------
 # DML-DA's contrastive base loss, eq. (2), and config.method.base.
 
-def ref_dmlda_contrastive(x, labels, margin=1.0):
+def ref_dmlda_contrastive(x, labels, margin=1.0, reduction="mean"):
   x = np.asarray(x, np.float64)
   total, pairs = 0.0, 0
   for i in range(len(x)):
@@ -557,6 +558,8 @@ def ref_dmlda_contrastive(x, labels, margin=1.0):
       d = float(np.sum((x[i] - x[j]) ** 2))          # eq. (1), squared
       total += d if labels[i] == labels[j] else max(0.0, margin - d)
       pairs += 1
+  if reduction == "sum":          # eq. (2): each unordered pair once
+    return total / 2
   return total / max(pairs, 1)
 
 
@@ -564,29 +567,37 @@ def ref_dmlda_contrastive(x, labels, margin=1.0):
 def test_dmlda_contrastive_matches_loop_reference_and_gradient(margin):
   x, labels, _, _ = _batch(seed=11, dim=4)
   x = 0.5 * x  # mix of active and inactive negative hinges
-  f = jax.jit(lambda x: _density.dmlda_contrastive(x, labels,
+  f = jax.jit(lambda x: _dmlda_contrastive.dmlda_contrastive(x, labels,
                                                    margin=margin)[0])
   ref = ref_dmlda_contrastive(x, labels, margin)
   np.testing.assert_allclose(f(x), ref, rtol=1e-5)
   ref_g = numerical_grad(lambda xx: ref_dmlda_contrastive(xx, labels, margin),
                          x.astype(np.float64))
   np.testing.assert_allclose(jax.grad(f)(x), ref_g, rtol=1e-3, atol=1e-5)
-  _, aux = _density.dmlda_contrastive(jnp.asarray(x), jnp.asarray(labels),
+  _, aux = _dmlda_contrastive.dmlda_contrastive(jnp.asarray(x), jnp.asarray(labels),
                                       margin=margin)
   assert 0.0 < float(aux["fraction_active_negative"]) < 1.0
+  # The paper's eq. (2) as written: the sum over the batch's pairs.
+  f_sum = jax.jit(lambda x: _dmlda_contrastive.dmlda_contrastive(
+      x, labels, margin=margin, reduction="sum")[0])
+  np.testing.assert_allclose(f_sum(x), ref_dmlda_contrastive(
+      x, labels, margin, "sum"), rtol=1e-5)
+  ref_gs = numerical_grad(lambda xx: ref_dmlda_contrastive(
+      xx, labels, margin, "sum"), x.astype(np.float64))
+  np.testing.assert_allclose(jax.grad(f_sum)(x), ref_gs, rtol=1e-3, atol=1e-4)
 
 
 def test_dmlda_contrastive_check_grads_and_hinge_not_squared():
   x, labels, _, _ = _batch(seed=12, dim=3)
-  f = jax.jit(lambda x: _density.dmlda_contrastive(x, labels)[0])
+  f = jax.jit(lambda x: _dmlda_contrastive.dmlda_contrastive(x, labels)[0])
   jax.test_util.check_grads(f, (0.4 * x,), order=1, modes=("rev",),
                             atol=1e-2, rtol=1e-2, eps=1e-3)
   # Two negatives at squared distance 0.25: hinge 1 - 0.25 (not squared);
   # positives pay D itself (not D^2): two points of a class 2 apart pay 4.
   two = jnp.array([[0.0, 0.0], [0.5, 0.0]])
-  loss, _ = _density.dmlda_contrastive(two, jnp.array([0, 1]))
+  loss, _ = _dmlda_contrastive.dmlda_contrastive(two, jnp.array([0, 1]))
   np.testing.assert_allclose(loss, 0.75, rtol=1e-6)
-  loss, _ = _density.dmlda_contrastive(jnp.array([[0.0, 0.0], [2.0, 0.0]]),
+  loss, _ = _dmlda_contrastive.dmlda_contrastive(jnp.array([[0.0, 0.0], [2.0, 0.0]]),
                                        jnp.array([3, 3]))
   np.testing.assert_allclose(loss, 4.0, rtol=1e-6)
 
@@ -595,13 +606,13 @@ def test_dmlda_contrastive_degenerate_and_bad_input():
   for x, labels in DEGENERATE.values():
     x, labels = jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32)
     value, grad = jax.value_and_grad(
-        lambda x: _density.dmlda_contrastive(x, labels)[0])(x)
+        lambda x: _dmlda_contrastive.dmlda_contrastive(x, labels)[0])(x)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
   x, labels, _, _ = _batch()
   with pytest.raises(ValueError, match="margin"):
-    _density.dmlda_contrastive(x, labels, margin=-1.0)
+    _dmlda_contrastive.dmlda_contrastive(x, labels, margin=-1.0)
   with pytest.raises(ValueError, match="labels shape"):
-    _density.dmlda_contrastive(x, labels[:-1])
+    _dmlda_contrastive.dmlda_contrastive(x, labels[:-1])
 
 
 def test_with_dmlda_contrastive_base():
@@ -666,3 +677,34 @@ def test_evaluator_reports_densities():
                              ref_test[measured].mean() / ref_global[0],
                              rtol=1e-5)
   assert embedded == [("embedding", 40)]
+
+
+def test_original_densities_measured_at_their_epoch():
+  """``original_density_epoch`` E > 0 measures D⁽⁰⁾ from the network trained
+  for E epochs (the paper's comes from a pretrained one); until then the
+  loss is eq. (6) without eq. (8)'s correlation penalty."""
+  cfg = _config(original_density_epoch=2)
+  s = _settings(cfg)
+  assert dmlda.refresh_every(s) == 2
+  ctx, pooled, train_labels, calls = _context(cfg)
+  early = dmlda.refresh(s, ctx, dmlda.init_state(s, INFO))
+  assert calls == [] and not bool(early.device.measured)
+  params = dmlda.init_params(s, jax.random.key(0), INFO)
+  outputs, batch = _fake_step_inputs(seed=8)
+  loss = jax.jit(_loss(s))
+  before = loss(params, outputs, batch, early.device, jax.random.key(0))[0]
+  minus = _settings(_config(regularizer="density_minus"))
+  expected = jax.jit(_loss(minus))(params, outputs, batch, (),
+                                   jax.random.key(0))[0]
+  np.testing.assert_allclose(before, expected, rtol=1e-6)
+  later_ctx = HostContext(config=cfg, train=ctx.train, embed=ctx.embed,
+                          params={}, epoch=2, step=20, seed=0, log=ctx.log)
+  later = dmlda.refresh(s, later_ctx, early)
+  assert calls == ["pooled"] and bool(later.device.measured)
+  ref_d0, _ = ref_class_density(pooled, train_labels, NUM_CLASSES)
+  np.testing.assert_allclose(later.device.original_density, ref_d0, rtol=1e-5)
+  after = loss(params, outputs, batch, later.device, jax.random.key(0))[0]
+  full = jax.jit(_loss(_settings(_config())))(params, outputs, batch,
+                                             later.device, jax.random.key(0))[0]
+  np.testing.assert_allclose(after, full, rtol=1e-6)
+  assert dmlda.refresh(s, later_ctx, later) is later        # measured once

@@ -137,7 +137,7 @@ def test_registry_names_and_get():
   assert set(losses.REGISTRY) == {
       "triplet_all", "triplet_semihard", "triplet_batch_hard", "contrastive",
       "npair", "margin", "proxy_nca", "lifted_structure", "nca", "softmax",
-      "normalized_softmax", "dmlda_contrastive"}
+      "normalized_softmax", "dmlda_contrastive", "smooth_triplet"}
   assert losses.get("margin").takes_rng
   assert losses.get("proxy_nca").init is not None
   assert losses.get("contrastive").init is None

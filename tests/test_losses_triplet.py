@@ -49,6 +49,8 @@ def _ref_all(x, y, margin, soft, squared, reduction):
             0.0, d[a, p] - d[a, n] + margin)
         total += v
         active += 1 if (soft or v > 0) else 0
+  if reduction == "sum":
+    return total
   return total / max(active if reduction == "active" else valid, 1)
 
 
@@ -85,7 +87,7 @@ def _ref_batch_hard(x, y, margin, soft, squared=False):
 
 
 @pytest.mark.parametrize("soft,squared,reduction", [
-    (False, True, "valid"), (True, True, "active")])
+    (False, True, "valid"), (True, True, "active"), (False, True, "sum")])
 def test_triplet_all_matches_loops(soft, squared, reduction):
   x, y = _batch(0)
   fn = jit(functools.partial(losses.triplet_all, margin=0.7, soft=soft,
@@ -198,6 +200,6 @@ def test_batch_all_gradient_matches_cube(max_positives):
 def test_bad_options():
   x, y = _batch(0)
   with pytest.raises(ValueError, match="reduction"):
-    losses.triplet_all(x, y, reduction="sum")
+    losses.triplet_all(x, y, reduction="total")
   with pytest.raises(ValueError, match="max_positives"):
     losses.triplet_semihard(x, y, max_positives=0)

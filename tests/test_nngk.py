@@ -336,7 +336,7 @@ def test_refresh_static_shapes_and_logs_time():
   lines = []
   feats = {"x": rng.normal(size=(200, 6)).astype(np.float32)}
   ctx = HostContext(config=None, train=train,
-                    embed=lambda layer="embedding", dataset=None: feats["x"],
+                    embed=lambda layer="embedding", dataset=None, **kw: feats["x"],
                     params={}, epoch=0, step=0, seed=0, log=lines.append)
   cfg = _settings(num_neighbours=15, index_type="hnsw", sigma=2.0)
   method = nngk_method.METHOD

@@ -92,7 +92,8 @@ def test_bank_is_saved_and_restored(runs):
   # of epoch 1 (checkpoint STEPS): its centres are those weights' embeddings
   # of the training set and its lists their exact k nearest other centres.
   epoch1 = _at(restored, STEPS)
-  expected = run_lib.host_context(restored.run, epoch1, STEPS).embed()
+  mode = dict(bn="batch", batch_size=config.sampler.batch_size)
+  expected = run_lib.host_context(restored.run, epoch1, STEPS).embed(**mode)
   np.testing.assert_allclose(bank.centres, expected, rtol=1e-5, atol=1e-5)
   rebuilt, _ = nngk_method.build_bank(
       expected, labels, num_neighbours=config.method.num_neighbours)
@@ -103,7 +104,7 @@ def test_bank_is_saved_and_restored(runs):
                     np.arange(len(labels))[:, None])
   # The epoch-1 checkpoint holds the bank of the untrained network.
   fresh, _ = run_lib.fresh_state(restored.run)
-  untrained = run_lib.host_context(restored.run, fresh, 0).embed()
+  untrained = run_lib.host_context(restored.run, fresh, 0).embed(**mode)
   np.testing.assert_allclose(epoch1.method_state.centres, untrained,
                              rtol=1e-5, atol=1e-5)
   assert not np.allclose(bank.centres, untrained, atol=1e-3)
@@ -196,3 +197,39 @@ def test_experiment_quick_writes_tables(tmp_path):
        f"--out={tmp_path}"], capture_output=True, text=True, timeout=600,
       check=True).stdout
   assert "1 seeds pooled" in merged and (tmp_path / "nngk_merged.png").exists()
+
+
+def test_bank_and_queries_live_in_one_space(tmp_path):
+  """The centres are embedded in the loss's own BatchNorm mode (batch
+  statistics, no dropout): for identical images and weights a centre equals
+  the query the loss computes, while BatchNorm's running statistics (the
+  old bank, ``bank_bn='inference'``) put it elsewhere."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dmlx.data import augment  # pylint: disable=g-import-not-at-top
+  c = _get_config("nngk.py", "dataset=digits")
+  c.model.dropout = 0.3                    # the centres must not see it
+  c.train.progress = False
+  run = run_lib.build(c, str(tmp_path))
+  state, _ = run_lib.fresh_state(run)
+  # A network whose running statistics are not its batches' (as during
+  # training, when the weights move faster than the averages).
+  state = state.replace(batch_stats=jax.tree_util.tree_map(
+      lambda v: v + 0.5, state.batch_stats))
+  n = len(run.train)
+  ctx = run_lib.host_context(run, state, 0)
+  bank = ctx.embed("embedding", bn="batch", batch_size=n)   # one batch of all
+  old = ctx.embed("embedding", bn="inference")
+  images = augment.preprocess(jnp.asarray(run.train.images), None, crop_size=0,
+                              flip=False, mean=c.data.mean, std=c.data.std,
+                              train=False)
+  queries, _ = run.model.apply(
+      {"params": state.params["model"], "batch_stats": state.batch_stats},
+      images, train=True, dropout=False, mutable=["batch_stats"])
+  np.testing.assert_allclose(bank, queries["embedding"], rtol=1e-4, atol=1e-4)
+  gap = np.mean(np.sum((old - np.asarray(queries["embedding"])) ** 2, 1))
+  spread = np.mean(np.sum((bank - bank.mean(0)) ** 2, 1))
+  assert gap > 0.1 * spread, (gap, spread)     # inference BN: another space
+  cfg = nngk_method.METHOD.settings(c)
+  assert cfg.bank_bn == "batch" and cfg.reduction == "sum"
+  run.checkpointer.close()
+  run.writer.close()

@@ -36,15 +36,17 @@ def _get(config, key):
   return node
 
 
-def test_every_method_has_a_name_per_dataset():
-  expected = {f"{d}_{m}" for d in SHARED.DATASETS for m in SHARED.METHODS}
-  assert set(WRAPPERS) == expected
+def test_every_former_file_is_a_method_per_dataset():
+  every = {f"{d}_{m}" for d in SHARED.DATASETS for m in SHARED.METHODS}
+  assert set(WRAPPERS) <= every
+  assert len(WRAPPERS) == 34
 
 
-@pytest.mark.parametrize("name", WRAPPERS)
+@pytest.mark.parametrize("name", sorted(f"{d}_{m}" for d in SHARED.DATASETS
+                                        for m in SHARED.METHODS))
 def test_methods_share_data_network_and_budget(name):
   dataset, method = name.split("_", 1)
-  config = configs.load(name)
+  config = SHARED.get_config(_spec(dataset, method))
   reference = SHARED.get_config(_spec(dataset, "triplet_semihard"))
   for key in SHARED_KEYS:
     assert _get(config, key) == _get(reference, key), key
@@ -55,20 +57,20 @@ def test_methods_share_data_network_and_budget(name):
     batch = config.sampler.batch_size
   assert batch == 64, (method, batch)
   assert config.data.validation_classes == 0
+  assert not config.data.validation_attribute_values
   val = SHARED.get_config(_spec(dataset, method, "val"))
-  assert val.data.validation_classes > 0
+  assert val.data.validation_classes > 0 or val.data.validation_attribute_values
   assert "--config=configs/real_data.py:dataset=omniglot,method=nngk" in SHARED.__doc__
 
 
 def test_protocols_and_bad_arguments():
   cls = SHARED.get_config(_spec("tinyimagenet", "nngk", "cls"))
-  assert cls.data.split == "classification" and cls.method.name == "nngk"
+  assert cls.data.split == "zero_shot" and cls.data.classify_fraction == 0.75
+  assert cls.method.name == "nngk"
   omni = SHARED.get_config("dataset=omniglot,method=magnet")
   assert (omni.data.split, omni.data.split_attribute) == ("by_attribute",
                                                           "alphabet")
   assert not omni.data.flip and omni.data.options.channels == 1
-  with pytest.raises(ValueError, match="'cls' protocol is for tinyimagenet"):
-    SHARED.get_config(_spec("omniglot", "nngk", "cls"))
   with pytest.raises(ValueError, match="unknown method 'tripplet'"):
     SHARED.get_config("dataset=omniglot,method=tripplet")
   with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
@@ -113,6 +115,35 @@ def test_omniglot_config_trains_end_to_end(tmp_path):
   assert 0.0 <= test["recall@1"] <= 1.0 and 0.0 <= test["nmi"] <= 1.0
   # Delta is the unseen alphabet: 3 characters; no classification numbers.
   assert "1nn_accuracy" not in (final.get("method") or {})
+
+
+def test_validation_holds_out_a_whole_alphabet_and_cls_classifies_its_classes(
+    tmp_path):
+  """``protocol=val``: the third training alphabet, held out whole, is the
+  evaluation set (no character of it trains, none is a test character);
+  ``cls_val``: its characters as a classification task (15 of 20 images
+  train); ``cls``: the same for the test alphabets."""
+  from dmlx.data import pipeline  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "images_background"
+  _write_omniglot(root, ["Alpha", "Beta", "Delta", "Epsilon", "Gamma"],
+                  characters=3, drawers=8)
+
+  def splits(protocol):
+    c = SHARED.get_config(_spec("omniglot", "nngk", protocol))
+    c.data.data_dir = str(tmp_path)
+    c.data.image_size, c.data.crop_size = 12, 8
+    return pipeline.load_splits(c.data)
+
+  test, val = splits("test"), splits("val")
+  alphabet = lambda ds: set(np.asarray(ds.attributes["alphabet"]).tolist())
+  assert alphabet(test["train"]) == {0, 1, 2} and alphabet(test["test"]) == {3, 4}
+  assert alphabet(val["train"]) == {0, 1} and alphabet(val["test"]) == {2}
+  cls_val = splits("cls_val")
+  assert alphabet(cls_val["train"]) == alphabet(cls_val["test"]) == {2}
+  assert cls_val["train"].class_names == cls_val["test"].class_names
+  assert (len(cls_val["train"]), len(cls_val["test"])) == (18, 6)   # 6 of 8
+  cls = splits("cls")
+  assert alphabet(cls["train"]) == {3, 4} and len(cls["test"]) == 12
 
 
 def test_classifier_logits_match_the_losses():

@@ -95,3 +95,27 @@ def test_whole_class_packs_without_extra_steps_for_many_small_classes():
 def test_whole_class_rejects_batch_of_one():
   with pytest.raises(ValueError, match="batch_size"):
     samplers.WholeClassSampler(_labels(), 1)
+
+
+def test_proportional_pk_draws_classes_by_size():
+  """Vo & Hays's sampler: P distinct classes with probability ∝ size
+  (single-image classes never), K distinct images each, a pure function of
+  (seed, step)."""
+  from dmlx.data.samplers import ProportionalPKSampler  # pylint: disable=g-import-not-at-top
+  labels = np.concatenate([np.full(40, 0), np.full(10, 1), np.full(10, 2),
+                           np.full(1, 3)])
+  s = ProportionalPKSampler(labels, 2, 2, seed=3)
+  counts = np.zeros(4)
+  for step in range(2000):
+    rows = s.batch(step)
+    assert rows.shape == (4,)
+    classes = labels[rows].reshape(2, 2)
+    assert (classes[:, 0] == classes[:, 1]).all() and classes[0, 0] != classes[1, 0]
+    assert len(set(rows.tolist())) == 4
+    counts[classes[:, 0]] += 1
+  assert counts[3] == 0
+  # P(class 0 in a 2-of-3 draw without replacement, p = 2/3, 1/6, 1/6) = 0.933.
+  assert 0.90 < counts[0] / 2000 < 0.96
+  np.testing.assert_array_equal(s.batch(17), s.batch(17))
+  with pytest.raises(ValueError, match="two or more images"):
+    ProportionalPKSampler(labels, 4, 2)

@@ -185,3 +185,54 @@ def test_learning_rate_is_a_function_of_the_step():
   out, _ = frozen.update(grads, frozen.init(params), params, jnp.asarray(3))
   assert np.all(np.asarray(out["model"]["backbone"]) == 0)
   assert np.all(np.asarray(out["model"]["head"]) != 0)
+
+
+def test_weight_decay_spares_the_method_parameters_unless_asked():
+  """NNGK's w_i (and β, α_c, R) are not decayed unless the paper says so
+  (``optim.method_weight_decay``); the network's weights are."""
+  cfg = configs.load("baselines.py").optim
+  cfg.name, cfg.momentum, cfg.weight_decay = "sgd", 0.0, 0.1
+  params = {"model": {"head": jnp.ones(2)}, "method": {"weights": jnp.ones(2)}}
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  opt = optim.make_optimizer(cfg, 10)
+  out, _ = opt.update(zero, opt.init(params), params, jnp.asarray(0))
+  assert np.all(np.asarray(out["model"]["head"]) < 0)
+  assert np.all(np.asarray(out["method"]["weights"]) == 0)
+  cfg.method_weight_decay = 0.01
+  opt = optim.make_optimizer(cfg, 10)
+  out, _ = opt.update(zero, opt.init(params), params, jnp.asarray(0))
+  np.testing.assert_allclose(out["method"]["weights"], -cfg.lr * 0.01, rtol=1e-6)
+
+
+def test_layers_are_pooled_globally_or_to_a_grid():
+  """``'block1@4'`` averages a map over a 4 × 4 grid (MIC's early-layer
+  clustering features); a plain name pools globally."""
+  from dmlx.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  f = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
+  grid = np.asarray(step_lib.pool_map(f, "block1@4"))
+  assert grid.shape == (2, 4 * 4 * 3)
+  expected = np.asarray(f).reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(grid, expected.reshape(2, -1))
+  np.testing.assert_allclose(step_lib.pool_map(f, "block1"), np.asarray(f).max((1, 2)))
+  with pytest.raises(ValueError, match="3x3 grid"):
+    step_lib.pool_map(f, "block1@3")
+
+
+def test_cosine_evaluation_of_every_layer():
+  """``eval.l2_normalise`` (Vo & Hays evaluate on unit features): the
+  retrieval table is that of the normalised features."""
+  from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top
+  from dmlx.train import evaluators  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(6), 5)
+  x = rng.normal(size=(30, 4)) * rng.uniform(0.1, 10, size=(30, 1))
+  cfg = configs.load("baselines.py").eval
+  cfg.l2_normalise = True
+  got = evaluators.evaluate_features({"fc6": x.astype(np.float32)}, labels, cfg)
+  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+  want = dmlx_eval.evaluate_retrieval(unit.astype(np.float32), labels,
+                                      ks=tuple(cfg.ks), metrics=tuple(cfg.metrics))
+  assert got["fc6"] == want
+  cfg.l2_normalise = False
+  raw = evaluators.evaluate_features({"fc6": x.astype(np.float32)}, labels, cfg)
+  assert raw["fc6"] != want

@@ -33,8 +33,8 @@ def _config(arg: str):
                                                  if dataset else ""))
 
 
-def _smooth_kwargs():
-  return dict(_config("neta,procedural").loss.kwargs)
+def _smooth_config():
+  return _config("neta,procedural")
 
 
 # ---------------------------------------------------------------------------
@@ -60,11 +60,15 @@ def _reference_loss(x: np.ndarray, labels: np.ndarray) -> float:
   return total / count if count else 0.0
 
 
-def _dmlx_loss(x, labels):
-  """What a Vo & Hays config trains: the head's normalise × 4, then the
-  registry loss with the config's kwargs."""
-  emb = heads.l2_normalise(x) * SCALE
-  return losses.apply("triplet_all", emb, labels, **_smooth_kwargs())[0]
+def _dmlx_loss(x, labels, scale=SCALE):
+  """What a Vo & Hays config trains: the head's unit features, then the
+  registry loss of the config, whose learned scale starts at 4."""
+  c = _smooth_config()
+  emb = heads.l2_normalise(x) * c.model.scale
+  kwargs = dict(c.loss.kwargs)
+  params = losses.init(c.loss.name, jax.random.PRNGKey(0), 3, x.shape[1], **kwargs)
+  params = {**params, "scale": jnp.asarray(scale, jnp.float32)}
+  return losses.apply(c.loss.name, emb, labels, params=params, **kwargs)[0]
 
 
 _dmlx_loss_jit = jax.jit(_dmlx_loss)
@@ -82,6 +86,35 @@ def test_loss_matches_numpy_loop(name):
   x = np.random.default_rng(0).normal(size=(len(labels), 6)).astype(np.float32)
   got = _dmlx_loss_jit(jnp.asarray(x), jnp.asarray(labels))
   np.testing.assert_allclose(float(got), _reference_loss(x, labels), rtol=1e-5)
+
+
+def test_the_feature_scale_is_learned_from_4():
+  """The authors' code learns the scale (initialised at 4): its gradient
+  matches finite differences of the loop reference at other scales, and
+  ``learn_scale=False`` (the paper's text) gives it none."""
+  global SCALE  # pylint: disable=global-statement
+  c = _smooth_config()
+  assert c.loss.name == "smooth_triplet" and c.loss.kwargs.scale == 4.0
+  assert c.loss.kwargs.learn_scale and c.model.scale == 1.0
+  labels = LABELS["uneven_with_singleton"]
+  x = np.random.default_rng(3).normal(size=(len(labels), 5)).astype(np.float32)
+  grad = float(jax.grad(lambda s: _dmlx_loss(jnp.asarray(x), jnp.asarray(labels),
+                                             s))(jnp.float32(3.0)))
+  saved, eps = SCALE, 1e-4
+  try:
+    SCALE = 3.0 + eps
+    up = _reference_loss(x, labels)
+    SCALE = 3.0 - eps
+    down = _reference_loss(x, labels)
+  finally:
+    SCALE = saved
+  np.testing.assert_allclose(grad, (up - down) / (2 * eps), rtol=1e-3)
+  fixed = losses.smooth_triplet(jnp.asarray(x), jnp.asarray(labels),
+                                {"scale": jnp.float32(4.0)}, learn_scale=False)
+  g_fixed = jax.grad(lambda p: losses.smooth_triplet(
+      jnp.asarray(x), jnp.asarray(labels), p, learn_scale=False)[0])(
+          {"scale": jnp.float32(4.0)})
+  assert float(g_fixed["scale"]) == 0.0 and float(fixed[1]["feature_scale"]) == 4.0
 
 
 def test_loss_gradient_matches_finite_differences_of_reference():
@@ -123,13 +156,21 @@ def test_loss_orientation_pulls_positives_together():
 
 
 def test_features_are_scaled_by_4_not_the_distances():
-  """model.scale = 4 gives ||x|| = 4: squared distances 16× those of unit
-  vectors (range [0, 64]), as the authors' MyTripletLoss(normalize_scale=4)."""
+  """The loss's scale 4 multiplies the unit *features*: its value is the
+  smooth triplet loss of ||x|| = 4 features, whose squared distances are 16×
+  those of unit vectors (range [0, 64]), as the authors'
+  MyTripletLoss(normalize_scale=4)."""
   c = _config("neta,procedural")
-  assert c.model.normalise and c.model.scale == SCALE
-  x = jax.random.normal(jax.random.PRNGKey(3), (5, 7))
-  emb = heads.l2_normalise(x) * c.model.scale
-  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), SCALE, rtol=1e-6)
+  assert c.model.normalise and c.model.scale == 1.0
+  x = jax.random.normal(jax.random.PRNGKey(3), (6, 7))
+  labels = jnp.array([0, 0, 1, 1, 2, 2])
+  emb = heads.l2_normalise(x) * SCALE
+  got, aux = losses.smooth_triplet(heads.l2_normalise(x), labels,
+                                   {"scale": jnp.float32(SCALE)})
+  want, _ = losses.triplet_all(emb, labels, soft=True, squared=True,
+                               reduction="valid")
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(aux["feature_scale"]) == SCALE
   d = losses.pairwise_distances(emb, squared=True)
   u = heads.l2_normalise(x)
   np.testing.assert_allclose(d, 16 * losses.pairwise_distances(u, squared=True),
@@ -222,7 +263,7 @@ def test_layer_selection_equals_network_applied_by_hand():
       p["fc7"]["bias"])
   np.testing.assert_allclose(feats["fc7"], fc7, rtol=1e-4, atol=1e-5)
   assert np.abs(fc7).min() > 0
-  emb = SCALE * fc7 / np.linalg.norm(fc7, axis=1, keepdims=True)
+  emb = fc7 / np.linalg.norm(fc7, axis=1, keepdims=True)   # unit; the loss scales
   np.testing.assert_allclose(feats["embedding"], emb, rtol=1e-4, atol=1e-5)
   assert "embedding" not in p and "fc8" not in p   # embedding_dim = 0
 
@@ -231,8 +272,9 @@ def test_layer_selection_equals_network_applied_by_hand():
                                          ("nete", ("fc6", "fc7")),
                                          ("netf", ("fc6", "fc7", "fc8"))])
 def test_loss_position_per_variant(variant, fcs):
-  """The embedding (the loss's input) is norm-4 scaling of pool5_3 (NetD) or
-  of the last fc layer, and the head has exactly those fc layers."""
+  """The embedding (the loss's input) is the unit-length pool5_3 (NetD) or
+  last fc layer (the loss scales it), and the head has exactly those fc
+  layers."""
   c = _tiny_config(variant)
   model = _build(c)
   variables = _init(model)
@@ -240,10 +282,10 @@ def test_loss_position_per_variant(variant, fcs):
   assert head_params == sorted(fcs)
   out = model.apply(variables, jnp.asarray(_images(2, 16), jnp.float32) / 255.)
   last = out[fcs[-1]] if fcs else out["pool5_3"]
-  np.testing.assert_allclose(out["embedding"], heads.l2_normalise(last) * SCALE,
+  np.testing.assert_allclose(out["embedding"], heads.l2_normalise(last),
                              rtol=1e-5, atol=1e-6)
   assert c.method.layer == "embedding"
-  assert c.loss.name == "triplet_all"
+  assert c.loss.name == "smooth_triplet"
   assert (model.input_layer, model.embedding_dim, model.normalise) == (
       "pool5_3", 0, True)
 

@@ -47,9 +47,23 @@ def load_splits(cfg) -> dict[str, Dataset]:
   elif cfg.split != "predefined":
     raise ValueError(f"Unknown data.split {cfg.split!r}; expected 'zero_shot', "
                      "'classification', 'by_attribute' or 'predefined'.")
+  held_out = tuple(cfg.get("validation_attribute_values", ()))
+  if held_out:
+    if cfg.split != "by_attribute":
+      raise ValueError("data.validation_attribute_values needs data.split="
+                       f"'by_attribute', got {cfg.split!r}.")
+    keep = [v for v in cfg.train_attribute_values if v not in held_out]
+    unknown = sorted(set(held_out) - set(cfg.train_attribute_values))
+    if unknown or not keep:
+      raise ValueError(f"data.validation_attribute_values {held_out} must be a "
+                       f"proper subset of data.train_attribute_values "
+                       f"{tuple(cfg.train_attribute_values)}.")
+    train, test = splits.split_by_attribute(train, cfg.split_attribute, keep)
   if cfg.validation_classes:
     train, test = splits.zero_shot_split(
         train, num_train_classes=train.num_classes - cfg.validation_classes)
+  if cfg.get("classify_fraction", 0.0):
+    train, test = _classification(test, cfg.classify_fraction)
   return {"train": train, "test": test}
 
 

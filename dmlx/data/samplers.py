@@ -21,6 +21,8 @@ samplers that depend on it (Magnet's neighbourhoods).
   of the epoch.
 * :class:`WholeClassSampler`: whole classes accumulated up to the batch size
   (DML-DA's batches for SOP, where classes have few images).
+* :class:`ProportionalPKSampler`: P classes drawn in proportion to their
+  size, K images each (Vo & Hays's code).
 """
 from __future__ import annotations
 
@@ -136,6 +138,43 @@ class PKSampler:
     del state
     epoch, within = divmod(int(step), self.steps_per_epoch)
     return self._plan(epoch)[within]
+
+
+class ProportionalPKSampler:
+  """P classes drawn in proportion to their size without replacement, K
+  images of each without replacement: the sampler of Vo & Hays's code
+  (``np.random.choice(classes, P, replace=False, p=n_c / N)``, classes of one
+  image never drawn). Unlike :class:`PKSampler` it does not visit every
+  example each epoch; an epoch is ⌈N / (P·K)⌉ steps. Step ``s`` uses
+  ``default_rng([seed, s])``.
+  """
+
+  def __init__(self, labels: np.ndarray, classes_per_batch: int,
+               images_per_class: int, seed: int = 0):
+    labels = np.asarray(labels)
+    self.members = [m for m in _class_members(labels) if len(m)]
+    sizes = np.array([len(m) for m in self.members], np.float64)
+    sizes[sizes < 2] = 0.0                      # as the authors: n = 1 → 0
+    if images_per_class < 1:
+      raise ValueError(f"images_per_class (K) must be >= 1, got {images_per_class}.")
+    drawable = int(np.sum(sizes > 0))
+    if classes_per_batch < 1 or classes_per_batch > drawable:
+      raise ValueError(
+          f"classes_per_batch (P) = {classes_per_batch} must be between 1 and "
+          f"the number of classes with two or more images ({drawable}).")
+    self.p = sizes / sizes.sum()
+    self.P, self.K, self.seed = classes_per_batch, images_per_class, seed
+    self.batch_size = self.P * self.K
+    self.steps_per_epoch = -(-len(labels) // self.batch_size)
+
+  def batch(self, step: int, state: Any = None) -> np.ndarray:
+    """The training rows of global step ``step``."""
+    del state
+    rng = np.random.default_rng([self.seed, int(step)])
+    classes = rng.choice(len(self.members), self.P, replace=False, p=self.p)
+    return np.concatenate([
+        rng.choice(self.members[c], self.K, replace=len(self.members[c]) < self.K)
+        for c in classes])
 
 
 class WholeClassSampler:
@@ -283,6 +322,8 @@ SAMPLERS = registry.Registry("sampler.name", {
         len(labels), cfg.batch_size, seed),
     "whole_class": lambda cfg, labels, seed: WholeClassSampler(
         labels, cfg.batch_size, seed),
+    "proportional_pk": lambda cfg, labels, seed: ProportionalPKSampler(
+        labels, cfg.classes_per_batch, cfg.images_per_class, seed),
 })
 
 

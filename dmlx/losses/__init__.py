@@ -30,6 +30,8 @@ from dmlx.losses._registry import apply
 from dmlx.losses._registry import check
 from dmlx.losses._registry import get
 from dmlx.losses._registry import init
+from dmlx.losses._smooth_triplet import init_smooth_triplet
+from dmlx.losses._smooth_triplet import smooth_triplet
 from dmlx.losses._softmax import init_normalized_softmax
 from dmlx.losses._softmax import init_softmax
 from dmlx.losses._softmax import normalized_softmax
@@ -40,7 +42,7 @@ from dmlx.losses._triplet import triplet_semihard
 # Seed methods' losses (their host-side state lives in dmlx.methods).
 from dmlx.losses._density import class_density
 from dmlx.losses._density import density_regularizer
-from dmlx.losses._density import dmlda_contrastive
+from dmlx.losses._dmlda_contrastive import dmlda_contrastive
 from dmlx.losses._density import entropy_regularizer
 from dmlx.losses._density import global_orthogonal_regularizer
 from dmlx.losses._magnet import magnet_loss

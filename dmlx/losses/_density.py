@@ -1,5 +1,4 @@
-"""Embedding-spread regularisers (DML-DA density adaptivity, GOR, entropy) and
-DML-DA's contrastive base loss.
+"""Embedding-spread regularisers: DML-DA density adaptivity, GOR, entropy.
 
 Pure, jittable functions of a batch of embeddings and their integer labels
 that are *added* to a base metric-learning loss (contrastive, N-pair,
@@ -15,12 +14,7 @@ triplet, ...):
   with (its reference [51], Niu et al. 2012), read as the entropy of each
   example's neighbour distribution in the batch (see its docstring).
 
-and DML-DA's own base loss, which the general contrastive loss of
-:mod:`dmlx.losses` does not express:
-
-* :func:`dmlda_contrastive` -- the contrastive loss of DML-DA eq. (2):
-  squared distance for positive pairs, an *unsquared* hinge on the squared
-  distance for negative pairs, averaged over the pairs of the batch.
+DML-DA's own base loss is in :mod:`dmlx.losses._dmlda_contrastive`.
 
 All per-class quantities are computed with a ``[batch, num_classes]`` one-hot
 matrix so shapes are static (``num_classes`` is the number of *training*
@@ -32,7 +26,6 @@ composition (one class, all singletons, duplicated or zero embeddings).
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import jax
@@ -220,74 +213,6 @@ def density_regularizer(
       "num_present_classes": num_present,
   }
   return loss, aux
-
-
-def dmlda_contrastive(embeddings: Array, labels: Array, *,
-                      margin: float = 1.0) -> tuple[Array, dict[str, Array]]:
-  """Contrastive loss of DML-DA, eq. (2), averaged over the batch's pairs.
-
-  .. math::
-    \mathcal{L}_{pair} = \frac{1}{|\mathcal{M}| + |\mathcal{C}|} \Big(
-        \sum_{(x_i, x_j) \in \mathcal{M}} \mathcal{D}(x_i, x_j)
-      + \sum_{(x_i, x_j) \in \mathcal{C}} \max(0, m_p - \mathcal{D}(x_i, x_j))
-      \Big)
-
-  with :math:`\mathcal{D}` the *squared* Euclidean distance of eq. (1),
-  :math:`\mathcal{M}` the positive pairs (same class, i ≠ j) and
-  :math:`\mathcal{C}` the negative pairs of the batch, both taken as ordered
-  pairs (each unordered pair twice, which leaves the mean unchanged). The
-  paper writes eq. (2) as a sum; the mean over pairs only rescales it (by
-  1/(B(B-1))) so that λ in eq. (9) keeps one meaning across batch sizes.
-  Unlike :func:`dmlx.losses.contrastive` (Hadsell et al.: squared terms on
-  the Euclidean distance), both terms here are linear in the squared distance
-  -- so the loss is smooth everywhere, including identical embeddings. A
-  batch of one example gives 0.
-
-  Args:
-    embeddings: ``[batch_size, dim]`` embeddings f(x_i) (the paper's are
-      L2-normalised, so D ∈ [0, 4]).
-    labels: ``[batch_size]`` integer class labels.
-    margin: m_p >= 0 of the hinge (paper: 1).
-
-  Returns:
-    ``(loss, aux)``: the scalar loss and scalars ``positive_loss`` (mean D over
-    positive pairs), ``negative_loss`` (mean hinge over negative pairs) and
-    ``fraction_active_negative`` (negative pairs with D < m_p).
-
-  References:
-    Li, Yao, Pan, Chao, Mei, "Deep Metric Learning with Density Adaptivity",
-    IEEE Trans. Multimedia, 2019, eqs. (1)-(2).
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> x = jnp.array([[0., 0.], [0., 1.], [0.5, 0.]])
-    >>> loss, _ = dmlda_contrastive(x, jnp.array([0, 0, 1]), margin=1.0)
-    >>> round(float(loss), 4)  # (2 * 1 + 2 * 0.75 + 0) / 6
-    0.5833
-  """
-  _check_batch(embeddings, labels, "dmlda_contrastive")
-  if isinstance(margin, numbers.Real) and not margin >= 0:  # traced: unchecked
-    raise ValueError(f"dmlda_contrastive: margin must be >= 0, got "
-                     f"{margin!r}.")
-  b = embeddings.shape[0]
-  sq = jnp.sum(jnp.square(embeddings), axis=-1)
-  gram = jnp.matmul(embeddings, embeddings.T, precision=_HIGHEST)
-  dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)   # eq. (1)
-  off_diag = ~jnp.eye(b, dtype=bool)
-  same = labels[:, None] == labels[None, :]
-  positive = (same & off_diag).astype(dist.dtype)
-  negative = (~same).astype(dist.dtype)
-  hinge = jax.nn.relu(margin - dist)
-  pos_total = jnp.sum(positive * dist)
-  neg_total = jnp.sum(negative * hinge)
-  num_pos, num_neg = jnp.sum(positive), jnp.sum(negative)
-  loss = (pos_total + neg_total) / jnp.maximum(num_pos + num_neg, 1.0)
-  return loss, {
-      "positive_loss": pos_total / jnp.maximum(num_pos, 1.0),
-      "negative_loss": neg_total / jnp.maximum(num_neg, 1.0),
-      "fraction_active_negative":
-          jnp.sum(negative * (dist < margin)) / jnp.maximum(num_neg, 1.0),
-  }
 
 
 def global_orthogonal_regularizer(

@@ -22,12 +22,13 @@ import jax
 
 from dmlx import registry as registry_lib
 from dmlx.losses import _contrastive
-from dmlx.losses import _density
+from dmlx.losses import _dmlda_contrastive
 from dmlx.losses import _lifted
 from dmlx.losses import _margin
 from dmlx.losses import _nca
 from dmlx.losses import _npair
 from dmlx.losses import _proxy
+from dmlx.losses import _smooth_triplet
 from dmlx.losses import _softmax
 from dmlx.losses import _triplet
 
@@ -72,8 +73,11 @@ REGISTRY = registry_lib.Registry("loss", {
                         init=_softmax.init_softmax),
     "normalized_softmax": LossSpec(_softmax.normalized_softmax,
                                    init=_softmax.init_normalized_softmax),
+    # Vo & Hays's smooth all-triplet loss with its learned feature scale.
+    "smooth_triplet": LossSpec(_smooth_triplet.smooth_triplet,
+                               init=_smooth_triplet.init_smooth_triplet),
     # DML-DA's eq. 2 contrastive form (squared distance, unsquared hinge).
-    "dmlda_contrastive": LossSpec(_density.dmlda_contrastive),
+    "dmlda_contrastive": LossSpec(_dmlda_contrastive.dmlda_contrastive),
 })
 
 

@@ -42,7 +42,7 @@ from dmlx.losses import _common
 from dmlx.losses import _distances
 
 Array = jax.Array
-_REDUCTIONS = ("active", "valid")
+_REDUCTIONS = ("active", "valid", "sum")
 # [B, B] slices of the soft batch-all cube processed together: bounds memory.
 _SOFT_CHUNK_ELEMENTS = 1 << 22
 
@@ -61,7 +61,8 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   where :math:`T` is the set of valid triplets and :math:`T'` is either the
   *active* triplets (:math:`\ell > 0`, Hermans et al.'s "BA≠0"; the default,
   and pytorch-metric-learning's ``AvgNonZeroReducer``) or all of :math:`T`
-  (``reduction="valid"``). For ``soft=True`` every valid triplet counts as
+  (``reduction="valid"``), or 1 (``reduction="sum"``: the plain sum of
+  DML-DA's eq. 3). For ``soft=True`` every valid triplet counts as
   active. Cost: ``O(B^2 W)`` while no anchor has more than
   ``W = max_positives`` positives; otherwise ``O(B^2 log B)`` for the hinge
   and ``O(B^3)`` (in ``[B, B]`` slices) for ``soft``.
@@ -72,7 +73,8 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
     margin: :math:`m`, ignored when ``soft``.
     soft: use the soft margin :math:`\log(1 + e^x)` instead of the hinge.
     squared: use squared Euclidean distances.
-    reduction: ``"active"`` or ``"valid"``: the divisor :math:`|T'|`.
+    reduction: ``"active"``, ``"valid"`` or ``"sum"``: the divisor
+      :math:`|T'|` (1 for ``"sum"``).
     max_positives: width of the positive table (a speed knob, see the module
       docstring; ``K - 1`` for P x K batches), or ``None`` to always sort.
 
@@ -125,8 +127,11 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
              - jnp.sum(jnp.where(neg, g * d, 0)))
     num_active = jnp.sum(c, dtype=jnp.float32)
     num_violating = num_active
-  divisor = num_active if reduction == "active" else num_valid
-  loss = _common.safe_divide(total, divisor)
+  if reduction == "sum":
+    loss = total
+  else:
+    divisor = num_active if reduction == "active" else num_valid
+    loss = _common.safe_divide(total, divisor)
   return loss, {
       "fraction_active": _common.safe_divide(num_violating, num_valid),
       "num_valid": num_valid,

@@ -91,11 +91,14 @@ class HostContext:
   Attributes:
     config: the whole run config (read only).
     train: the training dataset.
-    embed: ``embed(layer='embedding', dataset=None) -> np.ndarray [N, D]``:
-      features of ``dataset`` (default: the training set) at the named layer
-      with the current weights in inference mode (no dropout, BatchNorm's
-      running statistics), batched and jitted; maps are pooled globally.
-      Training-set features are computed once per context.
+    embed: ``embed(layer='embedding', dataset=None, *, bn='inference',
+      batch_size=0) -> np.ndarray [N, D]``: features of ``dataset`` (default:
+      the training set) at the named layer with the current weights, without
+      dropout, batched and jitted; maps are pooled globally (``'block1@4'``:
+      a 4×4 grid). ``bn='inference'`` uses BatchNorm's running statistics;
+      ``bn='batch'`` the statistics of random batches of ``batch_size``, as
+      in the training step. Training-set features are computed once per
+      context.
     params: the current ``params['method']`` (host copy).
     epoch: completed epochs.
     step: completed steps.

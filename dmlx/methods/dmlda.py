@@ -46,6 +46,7 @@ accumulated up to the batch size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax
@@ -67,10 +68,12 @@ class DensityState:
 
   Attributes:
     original_density: ``[num_classes]`` D^(0)_avg(S_c), the density of each
-      training class measured once before training on the backbone's
-      features (eq. (7)).
+      training class measured once on the backbone's features (eq. (7)).
+    measured: ``[]`` bool, D⁽⁰⁾ has been measured; until then eq. (8)'s
+      correlation penalty is off (DML-DA⁻'s eq. (6) alone).
   """
   original_density: Array
+  measured: Array
 
 
 def original_density(features: np.ndarray, labels: np.ndarray,
@@ -131,10 +134,12 @@ class Config:
   correlation: bool = True
   min_class_size: int = 2
   entropy_temperature: float = 1.0
+  original_density_epoch: int = 0
   loss: Any = base.loss_field()
 
   def __post_init__(self):
     base.check_choice("regularizer", self.regularizer, REGULARIZERS)
+    base.check_positive_int(self, "original_density_epoch", allow_zero=True)
     for name in ("lam", "eta"):
       value = getattr(self, name)
       if not (np.isfinite(value) and value >= 0):
@@ -171,32 +176,59 @@ def init_state(cfg: Config, info: base.ModelInfo) -> base.MethodState:
   if not cfg.uses_original_density:
     return base.MethodState()
   return base.MethodState(device=DensityState(
-      original_density=np.zeros((info.num_classes,), np.float32)))
+      original_density=np.zeros((info.num_classes,), np.float32),
+      measured=np.asarray(False)))
 
 
 def refresh(cfg: Config, ctx: base.HostContext,
             state: base.MethodState) -> base.MethodState:
-  """D⁽⁰⁾ of every training class from the pooled features (once, before
-  the first step)."""
-  if not cfg.uses_original_density:
+  """D⁽⁰⁾ of every training class from the pooled features, once, at the
+  start of epoch ``original_density_epoch``: 0 is the network training
+  starts from (the paper's pretrained GoogLeNet), a later epoch a network
+  trained that long (for a run from random weights)."""
+  if not cfg.uses_original_density or bool(np.asarray(state.device.measured)):
+    return state
+  if ctx.epoch < cfg.original_density_epoch:
+    ctx.log(f"dmlda: D0 is measured at epoch {cfg.original_density_epoch}; "
+            "until then the correlation penalty of eq. (8) is off")
     return state
   features = ctx.embed("pooled")
   d0 = original_density(features, ctx.train.labels, ctx.train.num_classes)
-  ctx.log(f"dmlda: original densities D0 over {len(d0)} classes from "
-          f"{features.shape[1]}-d pooled features: mean {d0.mean():.4f}, "
-          f"min {d0.min():.4f}, max {d0.max():.4f}")
-  return base.MethodState(device=DensityState(original_density=d0))
+  ctx.log(f"dmlda: original densities D0 (epoch {ctx.epoch}) over {len(d0)} "
+          f"classes from {features.shape[1]}-d pooled features: mean "
+          f"{d0.mean():.4f}, min {d0.min():.4f}, max {d0.max():.4f}")
+  return base.MethodState(device=DensityState(original_density=d0,
+                                              measured=np.asarray(True)))
+
+
+def refresh_every(cfg: Config) -> int:
+  """D⁽⁰⁾ is due at ``original_density_epoch`` (0: before the first step)."""
+  return cfg.original_density_epoch
+
+
+def _select(flag: Array, a: tuple, b: tuple) -> tuple:
+  """``a`` where ``flag`` else ``b``: (loss, aux) pairs, aux keys of ``a``
+  (0 where ``b`` lacks one)."""
+  loss = jnp.where(flag, a[0], b[0])
+  aux = {k: jnp.where(flag, v, b[1].get(k, jnp.zeros_like(v)))
+         for k, v in a[1].items()}
+  return loss, aux
 
 
 def _regularize(cfg: Config, params: dict, embeddings: Array, labels: Array,
                 state: Optional[DensityState]) -> tuple[Array, dict]:
   reg = cfg.regularizer
   if cfg.uses_alpha:
-    return losses.density_regularizer(
-        embeddings, labels, params["target_density"],
-        state.original_density if cfg.uses_original_density else None,
-        eta=cfg.eta, correlation=cfg.uses_original_density,
+    plain = functools.partial(
+        losses.density_regularizer, embeddings, labels,
+        params["target_density"], eta=cfg.eta,
         min_class_size=cfg.min_class_size)
+    if not cfg.uses_original_density:
+      return plain(None, correlation=False)
+    with_d0 = plain(state.original_density, correlation=True)
+    if cfg.original_density_epoch == 0:
+      return with_d0
+    return _select(state.measured, with_d0, plain(None, correlation=False))
   if reg == "gor":
     return losses.global_orthogonal_regularizer(embeddings, labels)
   if reg == "entropy":
@@ -224,7 +256,8 @@ def loss(cfg: Config, params: dict, outputs: dict, batch: dict,
 
 METHOD = base.Method(name="dmlda", Config=Config, loss=loss,
                      init_params=init_params, init_state=init_state,
-                     refresh=refresh, evaluators=("dmlda_densities",))
+                     refresh=refresh, refresh_every=refresh_every,
+                     evaluators=("dmlda_densities",))
 
 
 def evaluate_densities(ctx: base.EvalContext) -> dict[str, float]:

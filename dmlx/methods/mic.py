@@ -44,7 +44,10 @@ Config (``config.method``; paper / authors' values):
   grl_lambda: gradient-reversal strength, 1.
   standardise / standardise_refresh: 'none' | 'mean' | 'mean_std' for the
     first / later clusterings ('mean' and 'none' as the authors' code).
-  cluster_layer: network output clustered first ('pooled').
+  cluster_layer: network output clustered first ('pooled'; the authors use
+    their ResNet's layer1 maps average-pooled to a 4 × 4 grid: for dmlx's
+    backbones 'stage1@4' (ResNet) or 'block1@4' (small CNN)).
+  cluster_l2_normalise: L2-normalise those features first (the authors do).
   switch_prob: p = 0.2.   aux_probability: 0.8.   schedule: see above.
   projection_dim: R's hidden width, 512.
   kmeans_niter: 20.   kmeans_nredo: 1.
@@ -82,6 +85,7 @@ class Config:
   standardise: str = "mean"
   standardise_refresh: str = "none"
   cluster_layer: str = "pooled"
+  cluster_l2_normalise: bool = True
   switch_prob: float = 0.2
   aux_probability: float = 0.8
   schedule: str = "authors"
@@ -185,6 +189,9 @@ def refresh(cfg: Config, ctx: base.HostContext,
   layer = cfg.cluster_layer if first else "aux_embedding"
   mode = cfg.standardise if first else cfg.standardise_refresh
   features = np.asarray(ctx.embed(layer))
+  if first and cfg.cluster_l2_normalise:
+    features = features / np.maximum(
+        np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
   class_labels = np.asarray(ctx.train.labels)
   labels = compute_surrogate_labels(
       features, class_labels, cfg.num_clusters, standardise=mode,

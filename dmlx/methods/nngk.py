@@ -46,8 +46,24 @@ Config fields read (``config.method.*``; defaults follow the paper):
   (``nprobe``, ``nlist``, ``hnsw_m``, ``ef_search``).
 * ``feature`` (str, default 'embedding'): the named network output used as
   the embedding (e.g. 'pooled' for the paper's ResNet pooling-layer setting).
-* ``reduction`` (str, default 'mean'): 'mean' over the batch examples that
-  have a same-class neighbour, or 'sum' (the paper's summed loss).
+* ``reduction`` (str, default 'sum'): 'sum', the paper's "summed negative
+  logarithm of the probabilities of the true class labels", or 'mean' over
+  the batch examples that have a same-class neighbour. Under SGD a mean at
+  learning rate η is the sum at η / B; Adam (the real-data configs) is
+  invariant to the loss's scale, so there the two differ only in how an
+  example without a positive changes the weight of the others.
+* ``bank_bn`` (str, default 'batch'): how the centres are embedded.
+  'batch': BatchNorm on the statistics of random batches of
+  ``bank_batch_size`` (0 = ``config.sampler.batch_size``), without dropout,
+  the mode the loss's current embeddings are computed in, so eq. 3 compares
+  points of one space; 'inference': BatchNorm's running averages (dmlx
+  before 2026-12; with a network whose statistics move fast the bank and the
+  queries then lie in different spaces). The paper's GoogLeNet has no
+  BatchNorm, where both are the same. ``aux['nngk_self_sq_distance']`` is
+  the mean ‖x_b − c_b‖² between a batch example's current embedding and its
+  own stored centre: the gap between the two spaces plus the bank's
+  staleness.
+* ``bank_batch_size`` (int, default 0): see ``bank_bn``.
 """
 from __future__ import annotations
 
@@ -63,6 +79,9 @@ from dmlx import index as dmlx_index
 from dmlx import losses
 from dmlx.losses import CentreBank
 from dmlx.methods import base
+from dmlx.methods.nngk_classifier import accuracy
+from dmlx.methods.nngk_classifier import class_log_probs
+from dmlx.methods.nngk_classifier import predict
 
 __all__ = [
     "CentreBank", "Config", "METHOD", "accuracy", "build_bank",
@@ -83,7 +102,9 @@ class Config:
   index_type: str = "flat"
   index_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   feature: str = "embedding"
-  reduction: str = "mean"
+  reduction: str = "sum"
+  bank_bn: str = "batch"
+  bank_batch_size: int = 0
 
   def __post_init__(self):
     if not self.sigma > 0:
@@ -94,6 +115,8 @@ class Config:
           f"config.method.min_weight must be > 0, got {self.min_weight!r}.")
     base.check_choice("index_type", self.index_type, _INDEX_TYPES)
     base.check_choice("reduction", self.reduction, ("mean", "sum"))
+    base.check_choice("bank_bn", self.bank_bn, ("batch", "inference"))
+    base.check_positive_int(self, "bank_batch_size", allow_zero=True)
 
 
 # ----------------------------------------------------------------------------
@@ -147,6 +170,16 @@ def build_bank(embeddings: np.ndarray, labels: np.ndarray, *,
   return bank, dist
 
 
+def _batch_size(config) -> int:
+  """The training batch size of ``config``'s sampler."""
+  if config is None:
+    return 256
+  sampler = config.sampler
+  if sampler.name == "pk":
+    return int(sampler.classes_per_batch * sampler.images_per_class)
+  return int(sampler.batch_size)
+
+
 def _bank_stats(bank: CentreBank, sq_dist: np.ndarray,
                 sigma: float) -> dict[str, float]:
   """Fig. 4b/c of the paper: distance and kernel value to the nearest centre,
@@ -167,7 +200,9 @@ def _refresh_bank(ctx: base.HostContext, opts: Config,
   """Embeds the training set (no dropout) and rebuilds the bank, timing and
   logging both halves."""
   t0 = time.perf_counter()
-  embeddings = np.asarray(ctx.embed(opts.feature), np.float32)
+  embeddings = np.asarray(ctx.embed(
+      opts.feature, bn=opts.bank_bn,
+      batch_size=opts.bank_batch_size or _batch_size(ctx.config)), np.float32)
   t1 = time.perf_counter()
   knn_kwargs = {"seed": int(ctx.seed), **opts.index_kwargs}  # IVF sampling
   bank, sq_dist = build_bank(
@@ -190,100 +225,6 @@ def _refresh_bank(ctx: base.HostContext, opts: Config,
       f"kernel f {stats['mean_kernel_nearest']:.4g} (sigma={opts.sigma}); "
       f"no same-class candidate {stats['no_positive_frac']:.2%}")
   return bank
-
-
-# ----------------------------------------------------------------------------
-# Classifier (eq. 3 at test time)
-# ----------------------------------------------------------------------------
-
-
-def class_log_probs(queries: np.ndarray, centres: np.ndarray,
-                    centre_labels: np.ndarray,
-                    weights: Optional[np.ndarray] = None, *, sigma: float,
-                    num_classes: Optional[int] = None,
-                    num_neighbours: int = 100, index_type: str = "flat",
-                    min_weight: float = 1e-4, **knn_kwargs) -> np.ndarray:
-  """Log class probabilities of eq. 3 for query embeddings.
-
-  The k nearest training centres of each query are found with FAISS; their
-  weighted kernel values are summed per class and normalised. Computed in the
-  log domain (shifted by each query's largest logit), so far queries do not
-  underflow. Classes with no centre among the neighbours get ``-inf``.
-
-  Args:
-    queries: ``[Q, D]`` query embeddings (e.g. test images).
-    centres: ``[N, D]`` training centres.
-    centre_labels: ``[N]`` their int classes.
-    weights: ``[N]`` centre weights w_i, or None for 1.
-    sigma: kernel width σ.
-    num_classes: C (default ``max(centre_labels) + 1``).
-    num_neighbours: k.
-    index_type: ``'flat'``, ``'hnsw'`` or ``'ivf'``.
-    min_weight: floor on w_i (as in the loss).
-    **knn_kwargs: further :func:`dmlx.index.knn` options.
-
-  Returns:
-    ``[Q, C]`` float64 log Pr(x ∈ class).
-  """
-  if not sigma > 0:
-    raise ValueError(f"sigma must be > 0, got {sigma!r}.")
-  centre_labels = np.asarray(centre_labels).astype(np.int64)
-  if num_classes is None:
-    num_classes = int(centre_labels.max()) + 1
-  if weights is None:
-    weights = np.ones(len(centre_labels), np.float64)
-  weights = np.asarray(weights, np.float64)
-  if weights.shape != centre_labels.shape:
-    raise ValueError(f"weights shape {weights.shape} != centre_labels shape "
-                     f"{centre_labels.shape}.")
-  k = min(int(num_neighbours), len(centre_labels))
-  sq_dist, nbrs = dmlx_index.knn(queries, centres, k, index_type=index_type,
-                                 metric="l2", **knn_kwargs)
-  valid = nbrs >= 0
-  safe = np.where(valid, nbrs, 0)
-  d2 = np.maximum(sq_dist.astype(np.float64), 0.0)
-  logits = (np.log(np.maximum(weights[safe], min_weight))
-            - d2 / (2.0 * float(sigma)**2))
-  logits = np.where(valid, logits, -np.inf)
-  peak = logits.max(axis=1, keepdims=True)
-  mass = np.where(valid, np.exp(logits - peak), 0.0)         # [Q, k]
-  q = len(logits)
-  flat = (np.arange(q)[:, None] * num_classes + centre_labels[safe]).ravel()
-  per_class = np.bincount(flat, weights=mass.ravel(),
-                          minlength=q * num_classes).reshape(q, num_classes)
-  with np.errstate(divide="ignore"):
-    return np.log(per_class) - np.log(per_class.sum(axis=1, keepdims=True))
-
-
-def predict(queries: np.ndarray, centres: np.ndarray,
-            centre_labels: np.ndarray, weights: Optional[np.ndarray] = None,
-            *, sigma: float, num_neighbours: int = 100,
-            index_type: str = "flat", min_weight: float = 1e-4,
-            **knn_kwargs) -> np.ndarray:
-  """NNGK classifier (eq. 3): the class with the largest weighted kernel
-  mass among each query's k nearest training centres.
-
-  Args: as :func:`class_log_probs`.
-
-  Returns:
-    ``[Q]`` int predicted classes.
-  """
-  log_p = class_log_probs(queries, centres, centre_labels, weights,
-                          sigma=sigma, num_neighbours=num_neighbours,
-                          index_type=index_type, min_weight=min_weight,
-                          **knn_kwargs)
-  return np.argmax(log_p, axis=1)
-
-
-def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-  """Fraction of correct predictions (the paper's test accuracy, Table 3-4)."""
-  predictions, labels = np.asarray(predictions), np.asarray(labels)
-  if predictions.shape != labels.shape or predictions.ndim != 1:
-    raise ValueError(f"predictions {predictions.shape} and labels "
-                     f"{labels.shape} must be equal-length 1-d arrays.")
-  if labels.size == 0:
-    raise ValueError("accuracy of an empty set.")
-  return float(np.mean(predictions == labels))
 
 
 # ----------------------------------------------------------------------------
@@ -333,9 +274,13 @@ def loss(cfg: Config, params: dict, outputs: Mapping[str, jax.Array],
     raise ValueError(f"NNGK feature {cfg.feature!r} not in network outputs "
                      f"{sorted(outputs)}.")
   weights = params["weights"] if cfg.learn_weights else None
-  return losses.nngk(outputs[cfg.feature], batch["labels"], batch["index"],
-                     state, weights, sigma=cfg.sigma, min_weight=cfg.min_weight,
-                     reduction=cfg.reduction)
+  x = outputs[cfg.feature]
+  value, aux = losses.nngk(x, batch["labels"], batch["index"], state, weights,
+                           sigma=cfg.sigma, min_weight=cfg.min_weight,
+                           reduction=cfg.reduction)
+  own = jax.lax.stop_gradient(x) - jnp.asarray(state.centres)[batch["index"]]
+  aux["nngk_self_sq_distance"] = jnp.mean(jnp.sum(own * own, axis=-1))
+  return value, aux
 
 
 def evaluate_classifier(ctx: base.EvalContext) -> dict:

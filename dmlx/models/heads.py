@@ -41,7 +41,12 @@ class EmbeddingNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               dropout: bool | None = None) -> dict[str, jax.Array]:
+    """Named features of ``x``; ``train`` puts BatchNorm on batch statistics
+    and turns dropout on, unless ``dropout=False`` (NNGK's centres: the
+    training mode of the loss, without dropout)."""
+    dropout = train if dropout is None else dropout
     feats = dict(self.backbone(x, train=train))
     h = feats[self.input_layer]
     if h.ndim == 4:
@@ -53,7 +58,7 @@ class EmbeddingNet(nn.Module):
       feats[self.fc_names[i]] = h
       feats[f"{self.fc_names[i]}_relu"] = nn.relu(h)
     if self.dropout:
-      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+      h = nn.Dropout(self.dropout, deterministic=not dropout)(h)
     if self.embedding_dim:
       emb = nn.Dense(self.embedding_dim, name="embedding",
                      kernel_init=nn.initializers.lecun_normal())(h)

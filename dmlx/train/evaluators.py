@@ -107,9 +107,17 @@ def subsample(ds: Dataset, max_examples: int, seed: int = 0) -> Dataset:
 
 def evaluate_features(features: dict[str, np.ndarray], labels: np.ndarray,
                       eval_cfg) -> dict[str, dict[str, float]]:
-  """``{layer: {'recall@1': ..., 'nmi': ..., 'map@r': ...}}``."""
+  """``{layer: {'recall@1': ..., 'nmi': ..., 'map@r': ...}}``; on unit
+  features (cosine neighbours) when ``eval.l2_normalise``."""
+  unit = bool(eval_cfg.get("l2_normalise", False))
+
+  def prepare(f):
+    if not unit:
+      return f
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
   return {layer: dmlx_eval.evaluate_retrieval(
-      f, labels, ks=tuple(eval_cfg.ks), metrics=tuple(eval_cfg.metrics))
+      prepare(f), labels, ks=tuple(eval_cfg.ks), metrics=tuple(eval_cfg.metrics))
           for layer, f in features.items()}
 
 

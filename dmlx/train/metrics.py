@@ -79,7 +79,7 @@ class Meter:
       seconds = max(time.time() - self.epoch_t0, 1e-9)
       self.run.log(f"epoch {step // self.run.steps_per_epoch}: mean loss "
                    f"{np.mean(self.epoch_losses):.4f}, "
-                   f"{self.epoch_steps / seconds:.1f} steps/s")
+                   f"{self.epoch_steps / seconds:.2f} steps/s")
       self.epoch_losses, self.epoch_steps = [], 0
       self.epoch_t0 = time.time()
 

@@ -53,16 +53,30 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   return sched
 
 
+def _decay(cfg) -> list[optax.GradientTransformation]:
+  """Weight decay: ``weight_decay`` on the network, ``method_weight_decay``
+  on the method's parameters (centre weights, β, proxies, α_c, R), which
+  the papers do not decay unless they say so."""
+  is_method = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[0], "key", None) == "method", params)
+  is_model = lambda params: jax.tree_util.tree_map(
+      lambda m: not m, is_method(params))
+  out = []
+  if cfg.weight_decay:
+    out.append(optax.add_decayed_weights(cfg.weight_decay, mask=is_model))
+  if cfg.get("method_weight_decay", 0.0):
+    out.append(optax.add_decayed_weights(cfg.method_weight_decay, mask=is_method))
+  return out
+
+
 def _direction(cfg) -> optax.GradientTransformation:
   """The optimiser without its learning rate (the last factor)."""
   if cfg.name == "adam":
-    parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
-    return optax.chain(*parts, optax.scale_by_adam())
+    return optax.chain(*_decay(cfg), optax.scale_by_adam())
   if cfg.name == "adamw":
-    return optax.chain(optax.scale_by_adam(),
-                       optax.add_decayed_weights(cfg.weight_decay))
+    return optax.chain(optax.scale_by_adam(), *_decay(cfg))
   if cfg.name == "sgd":
-    parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
+    parts = _decay(cfg)
     if cfg.momentum:
       parts.append(optax.trace(decay=cfg.momentum, nesterov=False))
     return optax.chain(*parts) if parts else optax.identity()

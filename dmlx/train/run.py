@@ -211,20 +211,29 @@ def host_context(run: Run, state: TrainState, step: int) -> HostContext:
   """The :class:`HostContext` at ``step`` (copies the weights to the host
   once; training-set features are computed once per context)."""
   variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
-  cache: dict[str, np.ndarray] = {}
+  cache: dict[tuple, np.ndarray] = {}
+  epoch = step // run.steps_per_epoch
 
-  def embed(layer: str = "embedding", dataset=None) -> np.ndarray:
-    if dataset is None and layer in cache:
-      return cache[layer]
+  def embed(layer: str = "embedding", dataset=None, *, bn: str = "inference",
+            batch_size: int = 0) -> np.ndarray:
+    if bn not in ("inference", "batch"):
+      raise ValueError(f"embed: bn must be 'inference' or 'batch', got {bn!r}.")
+    key = (layer, bn, batch_size)
+    if dataset is None and key in cache:
+      return cache[key]
     ds = run.train if dataset is None else dataset
-    out = step_lib.extract_features(run.features, variables, ds.images, run.mesh,
-                                    run.config.eval.batch_size, (layer,))[layer]
+    if bn == "batch":
+      out = step_lib.extract_features(
+          run.features, variables, ds.images, run.mesh, batch_size, (layer,),
+          batch_stats_seed=host_seed(run.config.seed, epoch))[layer]
+    else:
+      out = step_lib.extract_features(run.features, variables, ds.images, run.mesh,
+                                      run.config.eval.batch_size, (layer,))[layer]
     if dataset is None:
       out.flags.writeable = False
-      cache[layer] = out
+      cache[key] = out
     return out
 
-  epoch = step // run.steps_per_epoch
   return HostContext(config=run.config, train=run.train, embed=embed,
                      params=jax.device_get(state.params["method"]), epoch=epoch,
                      step=step, seed=host_seed(run.config.seed, epoch),

@@ -157,37 +157,70 @@ def make_train_step(model, method: Method, method_config: Any,
   return train_step
 
 
-def make_feature_fn(model, data_cfg, map_pooling: str = "max") -> Callable:
-  """``features(variables, images, layers) -> {layer: [B, D]}`` in
-  inference mode, jitted (``layers`` is static: one compilation per set).
+def pool_map(f: jax.Array, layer: str, map_pooling: str = "max") -> jax.Array:
+  """A feature map ``[B, H, W, C]`` as a vector. A plain layer name pools it
+  globally (max, as Vo & Hays; or avg); ``'name@G'`` average-pools it to a
+  G×G grid and flattens it (MIC's early-layer clustering features)."""
+  if f.ndim != 4:
+    return f
+  grid = int(layer.partition("@")[2] or 0)
+  if not grid:
+    return jnp.max(f, axis=(1, 2)) if map_pooling == "max" else jnp.mean(f, axis=(1, 2))
+  b, h, w, c = f.shape
+  if h % grid or w % grid:
+    raise ValueError(f"Layer {layer!r}: a {h}x{w} map does not divide into a "
+                     f"{grid}x{grid} grid.")
+  f = f.reshape(b, grid, h // grid, grid, w // grid, c).mean(axis=(2, 4))
+  return f.reshape(b, grid * grid * c)
 
-  Convolutional maps are pooled globally (max, as Vo & Hays; or avg)."""
+
+def make_feature_fn(model, data_cfg, map_pooling: str = "max") -> Callable:
+  """``features(variables, images, layers, batch_stats=False) -> {layer:
+  [B, D]}``, jitted (``layers`` and ``batch_stats`` are static).
+
+  Inference mode (no dropout, BatchNorm's running statistics), or with
+  ``batch_stats`` BatchNorm on the batch's own statistics as in the training
+  step (still no dropout, the running averages untouched). Maps are pooled
+  by :func:`pool_map` (``'block1@4'``: a 4×4 grid of block1)."""
   mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
 
-  def features(variables, images, layers: tuple[str, ...]):
+  def features(variables, images, layers: tuple[str, ...], batch_stats: bool = False):
     x = augment.preprocess(images, None, crop_size=data_cfg.crop_size, flip=False,
                            mean=mean, std=std, train=False, bgr=data_cfg.get("bgr", False))
-    outputs = model.apply(variables, x, train=False)
+    if batch_stats:
+      outputs, _ = model.apply(variables, x, train=True, dropout=False,
+                               mutable=["batch_stats"])
+    else:
+      outputs = model.apply(variables, x, train=False)
     result = {}
     for layer in layers:
-      if layer not in outputs:
-        raise KeyError(f"Layer {layer!r} is not an output of the network; "
+      name = layer.partition("@")[0]
+      if name not in outputs:
+        raise KeyError(f"Layer {name!r} is not an output of the network; "
                        f"available: {sorted(outputs)}.")
-      f = outputs[layer]
-      if f.ndim == 4:
-        f = jnp.max(f, axis=(1, 2)) if map_pooling == "max" else jnp.mean(f, axis=(1, 2))
-      result[layer] = f
+      result[layer] = pool_map(outputs[name], layer, map_pooling)
     return result
 
-  return jax.jit(features, static_argnames="layers")
+  return jax.jit(features, static_argnames=("layers", "batch_stats"))
 
 
 def extract_features(feature_fn: Callable, variables: Any, images: np.ndarray,
                      mesh: Mesh, batch_size: int = 256,
-                     layers: tuple[str, ...] = ("embedding",)
+                     layers: tuple[str, ...] = ("embedding",),
+                     batch_stats_seed: int | None = None
                      ) -> dict[str, np.ndarray]:
   """Runs ``feature_fn`` over ``images`` in fixed-size batches (the last one
-  padded, so one compilation serves all) and returns host arrays."""
+  padded, so one compilation serves all) and returns host arrays.
+
+  With ``batch_stats_seed`` the features are those of the training step's
+  BatchNorm (batch statistics): the images go through in a random order
+  (that seed) in batches of exactly ``batch_size``, the last completed from
+  the start of the order, as :class:`~dmlx.data.samplers.RandomSampler`
+  builds the training batches, so each image is normalised with a batch
+  like the ones the loss sees."""
+  if batch_stats_seed is not None:
+    return _batch_stats_features(feature_fn, variables, images, mesh,
+                                 batch_size, layers, batch_stats_seed)
   n = len(images)
   ndev = mesh.devices.size
   batch_size = max(ndev, batch_size - batch_size % ndev)
@@ -202,3 +235,20 @@ def extract_features(feature_fn: Callable, variables: Any, images: np.ndarray,
     for k, v in jax.device_get(out).items():
       chunks.setdefault(k, []).append(np.asarray(v)[:valid])
   return {k: np.concatenate(v).astype(np.float32) for k, v in chunks.items()}
+
+
+def _batch_stats_features(feature_fn, variables, images, mesh, batch_size,
+                          layers, seed) -> dict[str, np.ndarray]:
+  n = len(images)
+  steps = -(-n // batch_size)
+  order = np.resize(np.random.default_rng([seed, 13]).permutation(n),
+                    steps * batch_size).reshape(steps, batch_size)
+  out: dict[str, np.ndarray] = {}
+  for rows in order[::-1]:        # the first pass of each row is written last
+    feats = feature_fn(variables, shard_batch(mesh, {"x": images[rows]})["x"],
+                       layers=tuple(layers), batch_stats=True)
+    for k, v in jax.device_get(feats).items():
+      if k not in out:
+        out[k] = np.zeros((n, v.shape[-1]), np.float32)
+      out[k][rows] = np.asarray(v, np.float32)
+  return out
