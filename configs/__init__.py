@@ -57,7 +57,7 @@ NAMES: dict[str, str] = {
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULES = ("baselines", "default", "dmlda", "magnet", "mic", "nngk", "nngk_cub",
-           "real_data", "vohays")
+           "pretrain", "real_data", "vohays")
 
 
 def spec_of(name_or_spec: str) -> str:
@@ -79,8 +79,8 @@ def load(name_or_spec: str) -> ConfigDict:
   module_name = path[:-3] if path.endswith(".py") else path
   if module_name not in MODULES:
     raise ValueError(f"Unknown config {name_or_spec!r}; the config modules "
-                     f"are {', '.join(m for m in MODULES)} and the names "
-                     f"{', '.join(sorted(NAMES))}.")
+                     f"are {', '.join(m for m in MODULES)}, and configs.NAMES "
+                     f"names {len(NAMES)} more (e.g. omniglot_nngk).")
   module = importlib.import_module(f"configs.{module_name}")
   return module.get_config(arg or None)
 

@@ -48,6 +48,7 @@ def base_config() -> ConfigDict:
                                     # mean/std/bgr are set from model.pretrained when given
   c.data.cache_dir = ""
   c.data.options = ConfigDict()     # dataset-specific loader options (e.g. num_classes)
+  c.data.class_range = ()           # (lo, hi): keep classes lo..hi-1 only
 
   # Batches: dmlx.data.samplers.
   c.sampler = ConfigDict()

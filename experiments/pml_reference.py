@@ -242,6 +242,12 @@ def flax_init(config, in_channels: int):
   dummy = jnp.zeros((1, size, size, in_channels), jnp.float32)
   k_model, _, k_run = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, dummy))(k_model)
+  if config.model.pretrained:          # the pretrained start: its backbone
+    from dmlx.models import pretrained  # pylint: disable=g-import-not-at-top
+    params, stats = pretrained.load_into(config.model.pretrained,
+                                         variables["params"],
+                                         variables.get("batch_stats", {}))
+    variables = {**variables, "params": params, "batch_stats": stats}
   return jax.device_get(variables), k_run
 
 

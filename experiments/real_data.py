@@ -56,6 +56,9 @@ flags.DEFINE_string("methods", "triplet_semihard,contrastive,margin,"
 flags.DEFINE_string("pml", "triplet_semihard,multi_similarity",
                     "pytorch-metric-learning losses trained alongside ('' = "
                     "none).")
+flags.DEFINE_enum("start", "scratch", ["scratch", "pretrained"], "Random "
+                  "initial weights, or the backbone of configs/pretrain.py "
+                  "(runs go to <protocol>_pretrained/).")
 flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 per method.")
 flags.DEFINE_integer("first_seed", 0, "First seed.")
 flags.DEFINE_multi_string("set", [], "Config override key=value (a Python "
@@ -84,14 +87,21 @@ CLS_METRICS = ("classifier_accuracy", "nngk_accuracy", "knc_accuracy",
 # ---------------------------------------------------------------------------
 
 
+def protocol_dir() -> str:
+  """``<workdir>/<dataset>/<protocol>[_pretrained]``."""
+  suffix = "_pretrained" if FLAGS.start == "pretrained" else ""
+  return os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol + suffix)
+
+
 def run_dir(method: str, seed: int, tag: str = "") -> str:
   name = method + (f"_{tag}" if tag else "")
-  return os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol, name,
-                      f"seed{seed}")
+  return os.path.join(protocol_dir(), name, f"seed{seed}")
 
 
 def config_arg(method: str) -> str:
-  return f"dataset={FLAGS.dataset},method={method},protocol={FLAGS.protocol}"
+  start = ",start=pretrained" if FLAGS.start == "pretrained" else ""
+  return (f"dataset={FLAGS.dataset},method={method},protocol={FLAGS.protocol}"
+          + start)
 
 
 def dmlx_command(method: str, seed: int, workdir: str) -> list[str]:
@@ -190,7 +200,7 @@ def saved_rows() -> list[str]:
   """Every run folder saved for ``--dataset`` / ``--protocol``, in the order
   of ``configs/real_data.py``'s METHODS (tagged variants after their method),
   then the pytorch-metric-learning runs."""
-  root = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol)
+  root = protocol_dir()
   found = sorted(d for d in os.listdir(root)
                  if os.path.isdir(os.path.join(root, d))) if os.path.isdir(
                      root) else []
@@ -216,7 +226,7 @@ def collect(names: list[str]) -> dict:
   of the saved runs (every ``seed<k>`` folder with a final_metrics.json)."""
   rows = {}
   untrained = []
-  root = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol)
+  root = protocol_dir()
   # The untrained network of each seed, from one method's runs (triplet
   # semi-hard's when there are any; dmlx runs only, PML copies their init).
   dmlx_names = [n for n in names if not n.startswith("pml_")]
@@ -305,8 +315,7 @@ def main(argv) -> None:
   rows = collect(saved_rows())
   metrics = METRICS + (CLS_METRICS if FLAGS.protocol.startswith("cls") else ())
   summary = summarise(rows, metrics)
-  pixels_path = os.path.join(FLAGS.workdir, FLAGS.dataset, FLAGS.protocol,
-                             "raw_pixels.json")
+  pixels_path = os.path.join(protocol_dir(), "raw_pixels.json")
   if not os.path.exists(pixels_path):
     common.save_json(raw_pixels(), pixels_path)
   with open(pixels_path) as f:
@@ -316,7 +325,8 @@ def main(argv) -> None:
   text = markdown(summary, metrics)
   print(f"\n{FLAGS.dataset}, protocol {FLAGS.protocol} (mean ± std over "
         f"the saved seeds; n = seeds per row):\n{text}")
-  suffix = f"{FLAGS.dataset}_{FLAGS.protocol}"
+  suffix = f"{FLAGS.dataset}_{FLAGS.protocol}" + (
+      "_pretrained" if FLAGS.start == "pretrained" else "")
   common.save_json({"dataset": FLAGS.dataset, "protocol": FLAGS.protocol,
                     "runs": {n: r for n, r in rows.items()},
                     "summary": summary},

@@ -11,6 +11,8 @@ chosen without looking at the test classes.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from dmlx.data import registry
 from dmlx.data import splits
 from dmlx.data.base import Dataset
@@ -26,8 +28,19 @@ def load_dataset(cfg) -> Dataset:
 
 
 def load_splits(cfg) -> dict[str, Dataset]:
-  """Returns ``{'train': Dataset, 'test': Dataset}`` for ``config.data``."""
+  """Returns ``{'train': Dataset, 'test': Dataset}`` for ``config.data``.
+
+  ``class_range = (lo, hi)`` first keeps classes ``lo..hi-1`` only (in the
+  loader's order; relabelled from 0): a pretraining run's own classes."""
   ds = load_dataset(cfg)
+  class_range = tuple(cfg.get("class_range", ()))
+  if class_range:
+    lo, hi = (int(v) for v in class_range)
+    if not 0 <= lo < hi <= ds.num_classes:
+      raise ValueError(f"data.class_range {class_range} must lie in "
+                       f"[0, {ds.num_classes}] with lo < hi.")
+    keep = np.flatnonzero((ds.labels >= lo) & (ds.labels < hi))
+    ds = ds.subset(keep, name=f"{ds.name}[{lo}:{hi}]")
   if cfg.split == "predefined":
     if "split" not in ds.attributes:
       raise ValueError(f"data.split='predefined' but {cfg.name!r} has no "
