@@ -37,6 +37,9 @@ flags.DEFINE_string("datasets", "omniglot,tinyimagenet", "Datasets.")
 flags.DEFINE_integer("seeds", 3, "Seeds of the tables.")
 flags.DEFINE_integer("sweep_seeds", 1, "Seeds of the validation sweeps.")
 flags.DEFINE_integer("workers", 2, "Runs at once, each on its own core.")
+flags.DEFINE_string("cores", "", "Cores to pin runs to (default: the first "
+                    "--workers cores); run one process per dataset with "
+                    "--workers=1 --cores=<k> to keep both cores busy.")
 flags.DEFINE_string("workdir", "/work/dmlx_runs", "Where runs go.")
 flags.DEFINE_string("out", os.path.join(ROOT, "docs", "results_procedures.md"),
                     "The report.")
@@ -97,6 +100,8 @@ def _real_data(dataset: str, protocol: str, methods: list[str], seeds: int,
          f"--dataset={dataset}", f"--protocol={protocol}",
          f"--methods={','.join(methods)}", "--pml=", f"--seeds={seeds}",
          f"--workers={FLAGS.workers}", f"--workdir={FLAGS.workdir}", *extra]
+  if FLAGS.cores:
+    cmd.append(f"--cores={FLAGS.cores}")
   subprocess.run(cmd, check=True)
 
 
