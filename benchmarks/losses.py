@@ -167,6 +167,7 @@ _PML_NOTES = {
     "softmax": (True, "torch Linear + cross_entropy (not PML)"),
     "normalized_softmax": (True, "NormalizedSoftmaxLoss, same weights"),
 }
+_NO_PML = (False, "no pytorch-metric-learning counterpart")
 
 
 def _pml_runner(name, x, labels, num_classes, params):
@@ -175,6 +176,8 @@ def _pml_runner(name, x, labels, num_classes, params):
   import torch
   from pytorch_metric_learning import distances, losses, miners, reducers
 
+  if name not in _PML_NOTES:
+    return None  # dmlda_contrastive, smooth_triplet: dmlx's own forms.
   if name == "lifted_structure" and len(labels) > 512:
     return None  # |P| x |N| float matrix: ~12 GB at B=1024.
   lp = distances.LpDistance(normalize_embeddings=False)
@@ -285,7 +288,7 @@ def main(argv=None):
              "k": _K, "dmlx_ms": jax_s * 1e3, "dmlx_cpu_ms": jax_cpu * 1e3,
              "dmlx_first_call_s": compile_s, "dmlx_loss": value()}
       if pml is not None and not hyper:
-        same, note = _PML_NOTES[name]
+        same, note = _PML_NOTES.get(name, _NO_PML)
         runner = _pml_runner(name, x, labels, num_classes, params)
         row.update(same_form=same, note=note)
         if runner is None:
