@@ -85,8 +85,8 @@ What may differ:
   ``init='torch'`` starts elsewhere.
 * ``grad_clip``: torch divides by ``norm + 1e-6``, optax by ``norm``.
 * Only what the real-data configs use is replicated: the ``small_cnn``
-  backbone, no fc layers, no dropout, no auxiliary embedding, no pretrained
-  weights, a plain-loss method (a config whose method brings its own sampler,
+  backbone, no fc layers, no dropout, no auxiliary embedding; pretrained weights (``model.pretrained``) are loaded into the
+  flax network and copied, with their input normalisation; a plain-loss method (a config whose method brings its own sampler,
   e.g. Magnet, is trained here with ``config.sampler``). Anything else raises.
 * ``seconds`` is the training plus the final evaluation (data loading and
   initialisation excluded, they are in ``setup_seconds``); a dmlx run's
@@ -220,8 +220,6 @@ def build_torch_model(model_cfg, in_channels: int) -> EmbeddingNet:
     unsupported.append(f"input_layer={model_cfg.input_layer!r}")
   if not model_cfg.embedding_dim:
     unsupported.append("embedding_dim=0")
-  if model_cfg.get("pretrained"):
-    unsupported.append(f"pretrained={model_cfg.pretrained!r}")
   if unsupported:
     raise NotImplementedError("pml_reference replicates small_cnn + a linear "
                               "embedding only; unsupported: " + ", ".join(unsupported))
@@ -430,6 +428,12 @@ def train_pml(config, loss: str, workdir: str, threads: int = 1, *,
 
   from dmlx import eval as dmlx_eval
   from dmlx.data import pipeline, samplers
+  from dmlx.train import run as run_lib
+  if init != "dmlx" and config.model.pretrained:
+    raise ValueError(f"init={init!r} with model.pretrained="
+                     f"{config.model.pretrained!r}: a pretrained start is "
+                     "copied from the flax network (init='dmlx')")
+  data_cfg = run_lib.data_config(config)   # the weights' normalisation
   torch.set_num_threads(threads)
   torch.manual_seed(config.seed)
   t_setup = time.time()
@@ -444,7 +448,7 @@ def train_pml(config, loss: str, workdir: str, threads: int = 1, *,
   model = build_torch_model(config.model, in_channels)
   if init == "dmlx":
     copy_flax_variables(model, flax_init(config, in_channels)[0])
-  augment = make_train_augment(config.data, run_key(config.seed))
+  augment = make_train_augment(data_cfg, run_key(config.seed))
   loss_fn, miner = make_loss(loss)
   opt, sched = make_optimizer(model, config.optim, total_steps)
   params = [p for group in opt.param_groups for p in group["params"]]
@@ -482,14 +486,14 @@ def train_pml(config, loss: str, workdir: str, threads: int = 1, *,
   train_seconds = time.time() - t0
 
   t1 = time.time()
-  emb = embed(model, test_ds.images, config.data, config.eval.batch_size)
+  emb = embed(model, test_ds.images, data_cfg, config.eval.batch_size)
   metrics = dmlx_eval.evaluate_retrieval(emb, test_ds.labels, ks=tuple(config.eval.ks),
                                          metrics=tuple(config.eval.metrics))
   method = {}
   if tuple(test_ds.class_names) == tuple(train_ds.class_names):
     # A classification split: 1-NN accuracy against the training set, as
     # dmlx.train.loop records it under final['method'].
-    train_emb = embed(model, train_ds.images, config.data, config.eval.batch_size)
+    train_emb = embed(model, train_ds.images, data_cfg, config.eval.batch_size)
     method["1nn_accuracy"] = float(dmlx_eval.knn_accuracy(
         train_emb, train_ds.labels, emb, test_ds.labels, k=1))
   eval_seconds = time.time() - t1

@@ -135,3 +135,37 @@ def test_fine_tuning_starts_from_the_pretrained_weights(export):
   assert not np.allclose(np.asarray(random), np.asarray(pooled), atol=1e-3)
   run.checkpointer.close()
   run.writer.close()
+
+
+def test_pml_replica_starts_from_the_export(export):
+  """PML's rows of the pretrained start: the torch replica gets the exported
+  backbone (through the flax network) and the weights' input normalisation,
+  so its test-set pooled features are the export's own."""
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("pytorch_metric_learning")
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "pml_reference_script", os.path.join(os.path.dirname(__file__), "..",
+                                           "experiments", "pml_reference.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  data_dir, path, record, tmp = export
+  c = _finetune("triplet_semihard", data_dir, path)
+  net = script.build_torch_model(c.model, 3)
+  script.copy_flax_variables(net, script.flax_init(c, 3)[0])
+  net.eval()
+  run = run_lib.build(c, str(tmp / "pml_probe"))
+  images = run.test.images[:6]
+  with torch.no_grad():
+    got = net(script.eval_preprocess(images, run_lib.data_config(c)))["pooled"]
+  prep = record["preprocessing"]
+  x = augment.preprocess(jnp.asarray(images), None, crop_size=8, flip=False,
+                         mean=prep["mean"], std=prep["std"], train=False)
+  want = SmallCNN(**BACKBONE).apply({"params": record["params"],
+                                     "batch_stats": record["batch_stats"]},
+                                    x)["pooled"]
+  np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="init='torch'"):
+    script.train_pml(c, "triplet_semihard", str(tmp / "pml_torch"), init="torch")
+  run.checkpointer.close()
+  run.writer.close()
