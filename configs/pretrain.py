@@ -54,8 +54,7 @@ def get_config(arg: str | None = None):
   c.data.mean = (0.484, 0.448, 0.396)   # the study's Tiny ImageNet statistics
   c.data.std = (0.256, 0.249, 0.263)
   c.model.backbone = "small_cnn"
-  c.model.backbone_kwargs = ConfigDict({"width": 32, "num_blocks": 4,
-                                        "widen": True})
+  c.model.backbone_kwargs = ConfigDict(real_data.TINYIMAGENET_CNN)
   c.model.embedding_dim = 0             # the classifier sits on 'pooled'
   c.model.normalise = False
   common.set_method(c, "loss")

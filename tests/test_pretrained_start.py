@@ -169,3 +169,16 @@ def test_pml_replica_starts_from_the_export(export):
     script.train_pml(c, "triplet_semihard", str(tmp / "pml_torch"), init="torch")
   run.checkpointer.close()
   run.writer.close()
+
+
+def test_omniglot_fine_tunes_the_pretrained_network():
+  """A start brings its architecture: Omniglot's pretrained runs use the
+  exported Tiny ImageNet CNN (not the from-scratch Conv-4) on three channels."""
+  from configs import real_data  # pylint: disable=g-import-not-at-top
+  scratch = configs.load("real_data.py:dataset=omniglot,method=nngk")
+  c = configs.load("real_data.py:dataset=omniglot,method=nngk,start=pretrained")
+  assert dict(c.model.backbone_kwargs) == real_data.TINYIMAGENET_CNN
+  assert dict(scratch.model.backbone_kwargs) != real_data.TINYIMAGENET_CNN
+  assert c.data.options.channels == 3
+  pre = configs.load("pretrain.py")
+  assert dict(pre.model.backbone_kwargs) == real_data.TINYIMAGENET_CNN
