@@ -45,6 +45,8 @@ METHODS = ["triplet_semihard", "margin", "margin_per_class", "smooth_triplet",
            "nngk", "magnet", "mic", "dmlda_contrastive_base",
            "dmlda_contrastive"]
 CLS = ["nngk", "magnet", "softmax"]
+CLS_METRICS = ("nngk_accuracy", "knc_accuracy", "knn_accuracy",
+               "classifier_accuracy", "1nn_accuracy")
 LR_GRID = (1e-4, 3e-4, 1e-3)
 PAIRS = {  # claim: (method, its paper's baseline)
     "NNGK": ("nngk", "triplet_semihard"), "Magnet": ("magnet", "triplet_semihard"),
@@ -117,6 +119,11 @@ def report() -> None:
   summary, lines = {}, []
   for dataset in FLAGS.datasets.split(","):
     rows = {}
+    pixels = os.path.join(FLAGS.workdir, dataset, "test_pretrained",
+                          "raw_pixels.json")
+    if os.path.exists(pixels):
+      with open(pixels) as f:
+        rows["raw pixels"] = [json.load(f)]
     pre = _finals(dataset, "test_pretrained", "triplet_semihard")
     rows["pretrained only, pooled features"] = [
         f["untrained"]["test"]["pooled"] for f in pre if f.get("untrained")]
@@ -128,16 +135,35 @@ def report() -> None:
     for m in METHODS + ["pml_triplet_semihard", "pml_multi_similarity"]:
       rows[f"{m}, from scratch"] = [f["trained"]["test"]["embedding"]
                                     for f in _finals(dataset, "test", m)]
-      rows[f"{m}, pretrained"] = [f["trained"]["test"]["embedding"]
-                                  for f in _finals(dataset, "test_pretrained", m)]
+      rows[f"{m}, pretrained"] = [
+          {**f["trained"]["test"]["embedding"], "pooled recall@1":
+           f["trained"]["test"].get("pooled", {}).get("recall@1", np.nan)}
+          for f in _finals(dataset, "test_pretrained", m)]
     summary[dataset] = {k: v for k, v in rows.items()}
     lines.append(f"\n**{dataset}, unseen classes**\n")
-    lines.append("| run | n | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| run | n | R@1 | R@2 | R@4 | R@8 | MAP@R | NMI | R@1 of the "
+                 "fine-tuned pooled features |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
-      cells = [_mean([r[m] for r in runs if m in r]) for m in
-               ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")]
+      cells = [_mean([r[m] for r in runs if m in r and np.isfinite(r[m])])
+               for m in ("recall@1", "recall@2", "recall@4", "recall@8",
+                         "map@r", "nmi", "pooled recall@1")]
       lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    cls_rows = [(f"{m}, {start}", _finals(dataset, protocol, m))
+                for m in CLS for start, protocol in
+                (("from scratch", "cls"), ("pretrained", "cls_pretrained"))]
+    if any(runs for _, runs in cls_rows):
+      names = ("recall@1",) + CLS_METRICS
+      lines.append(f"\n**{dataset}, the test classes as a classification "
+                   "task (own classifier: NNGK eq. 3, Magnet kNC, softmax)**\n")
+      lines.append("| run | n | " + " | ".join(names) + " |")
+      lines.append("|" + "---|" * (len(names) + 2))
+      for name, runs in cls_rows:
+        flat = [{**f["trained"]["test"]["embedding"], **(f.get("method") or {})}
+                for f in runs]
+        cells = [_mean([r[m] for r in flat if m in r]) for m in names]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        summary[dataset][f"cls: {name}"] = flat
   text = "\n".join(lines)
   print(text)
   os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
