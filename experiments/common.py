@@ -68,10 +68,39 @@ def table(rows: Mapping[str, Mapping[str, float]], columns=None) -> str:
   return dmlx_eval.format_table(rows, columns)
 
 
-def mean_std(values) -> str:
+def mean_std(values, digits: int = 4) -> str:
+  """``mean ± std`` of ``values`` with ``digits`` decimals: the value alone
+  for one, ``'–'`` for none."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   v = np.asarray(values, np.float64)
-  return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+  if not v.size:
+    return "–"
+  return (f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1
+          else f"{v.mean():.{digits}f}")
+
+
+# Classification accuracies a run records under final['method']: NNGK's
+# eq. 3, Magnet's kNC and soft kNN, a loss's own classifier, 1-NN.
+CLASSIFY = ("nngk_accuracy", "knc_accuracy", "knn_accuracy",
+            "classifier_accuracy", "1nn_accuracy")
+
+
+def finals(folder: str) -> list[tuple[int, dict]]:
+  """``[(seed, final_metrics)]`` of every finished ``seed<k>`` run in
+  ``folder`` (the layout of ``experiments/real_data.py``), by folder name."""
+  out = []
+  for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    path = os.path.join(folder, entry, "final_metrics.json")
+    if entry.startswith("seed") and os.path.exists(path):
+      with open(path) as f:
+        out.append((int(entry[4:]), json.load(f)))
+  return out
+
+
+def test_metrics(final: dict) -> dict:
+  """A run's test-set metrics of its embedding and its method's own
+  (classification accuracies), in one flat dict."""
+  return {**final["trained"]["test"]["embedding"], **(final.get("method") or {})}
 
 
 def save_json(obj: Any, path: str) -> None:

@@ -23,10 +23,10 @@ import sys
 
 from absl import app
 from absl import flags
-import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = common.ROOT
 
 from configs import real_data  # pylint: disable=wrong-import-position
 
@@ -45,8 +45,6 @@ METHODS = ["triplet_semihard", "margin", "margin_per_class", "smooth_triplet",
            "nngk", "magnet", "mic", "dmlda_contrastive_base",
            "dmlda_contrastive"]
 CLS = ["nngk", "magnet", "softmax"]
-CLS_METRICS = ("nngk_accuracy", "knc_accuracy", "knn_accuracy",
-               "classifier_accuracy", "1nn_accuracy")
 LR_GRID = (1e-4, 3e-4, 1e-3)
 PAIRS = {  # claim: (method, its paper's baseline)
     "NNGK": ("nngk", "triplet_semihard"), "Magnet": ("magnet", "triplet_semihard"),
@@ -96,21 +94,8 @@ def tables() -> None:
 
 
 def _finals(dataset: str, protocol: str, name: str) -> list[dict]:
-  folder = os.path.join(FLAGS.workdir, dataset, protocol, name)
-  out = []
-  for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-    path = os.path.join(folder, entry, "final_metrics.json")
-    if entry.startswith("seed") and os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
-
-
-def _mean(values) -> str:
-  if not values:
-    return "–"
-  v = np.asarray(values, np.float64)
-  return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+  return [final for _, final in common.finals(
+      os.path.join(FLAGS.workdir, dataset, protocol, name))]
 
 
 def report() -> None:
@@ -136,8 +121,9 @@ def report() -> None:
       rows[f"{m}, from scratch"] = [f["trained"]["test"]["embedding"]
                                     for f in _finals(dataset, "test", m)]
       rows[f"{m}, pretrained"] = [
-          {**f["trained"]["test"]["embedding"], "pooled recall@1":
-           f["trained"]["test"].get("pooled", {}).get("recall@1", np.nan)}
+          {**f["trained"]["test"]["embedding"],
+           **({"pooled recall@1": f["trained"]["test"]["pooled"]["recall@1"]}
+              if "pooled" in f["trained"]["test"] else {})}
           for f in _finals(dataset, "test_pretrained", m)]
     summary[dataset] = {k: v for k, v in rows.items()}
     lines.append(f"\n**{dataset}, unseen classes**\n")
@@ -145,7 +131,7 @@ def report() -> None:
                  "fine-tuned pooled features |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
-      cells = [_mean([r[m] for r in runs if m in r and np.isfinite(r[m])])
+      cells = [common.mean_std([r[m] for r in runs if m in r], 3)
                for m in ("recall@1", "recall@2", "recall@4", "recall@8",
                          "map@r", "nmi", "pooled recall@1")]
       lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
@@ -153,15 +139,15 @@ def report() -> None:
                 for m in CLS for start, protocol in
                 (("from scratch", "cls"), ("pretrained", "cls_pretrained"))]
     if any(runs for _, runs in cls_rows):
-      names = ("recall@1",) + CLS_METRICS
+      names = ("recall@1",) + common.CLASSIFY
       lines.append(f"\n**{dataset}, the test classes as a classification "
                    "task (own classifier: NNGK eq. 3, Magnet kNC, softmax)**\n")
       lines.append("| run | n | " + " | ".join(names) + " |")
       lines.append("|" + "---|" * (len(names) + 2))
       for name, runs in cls_rows:
-        flat = [{**f["trained"]["test"]["embedding"], **(f.get("method") or {})}
-                for f in runs]
-        cells = [_mean([r[m] for r in flat if m in r]) for m in names]
+        flat = [common.test_metrics(f) for f in runs]
+        cells = [common.mean_std([r[m] for r in flat if m in r], 3)
+                 for m in names]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
         summary[dataset][f"cls: {name}"] = flat
   text = "\n".join(lines)

@@ -19,17 +19,16 @@ classes) and ``cls`` (the test classes as a classification task), written to
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 from absl import app
 from absl import flags
-import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = common.ROOT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", "report", ["sweeps", "tables", "report"], "What to do.")
@@ -90,8 +89,7 @@ STUDY = {
                                  "feature scale fixed at 4 (the paper's text)"}),
 }
 RETRIEVAL = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
-CLASSIFY = ("nngk_accuracy", "knc_accuracy", "knn_accuracy",
-            "classifier_accuracy", "1nn_accuracy")
+CLASSIFY = common.CLASSIFY
 
 
 def _real_data(dataset: str, protocol: str, methods: list[str], seeds: int,
@@ -148,23 +146,8 @@ def tables() -> None:
 
 
 def _runs(dataset: str, protocol: str, name: str) -> list[dict]:
-  folder = os.path.join(FLAGS.workdir, dataset, protocol, name)
-  out = []
-  for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-    path = os.path.join(folder, entry, "final_metrics.json")
-    if entry.startswith("seed") and os.path.exists(path):
-      with open(path) as f:
-        final = json.load(f)
-      out.append({**final["trained"]["test"]["embedding"],
-                  **(final.get("method") or {})})
-  return out
-
-
-def _cell(values: list[float]) -> str:
-  if not values:
-    return "–"
-  v = np.asarray(values)
-  return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+  return [common.test_metrics(final) for _, final in common.finals(
+      os.path.join(FLAGS.workdir, dataset, protocol, name))]
 
 
 def _table(dataset: str, protocol: str, rows: list[tuple[str, str]],
@@ -179,7 +162,7 @@ def _table(dataset: str, protocol: str, rows: list[tuple[str, str]],
                    "validation choice) |" + " |" * (len(metrics) - 1))
       continue
     runs = _runs(dataset, protocol, name)
-    cells = [_cell([r[m] for r in runs if m in r]) for m in metrics]
+    cells = [common.mean_std([r[m] for r in runs if m in r], 3) for m in metrics]
     lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -234,20 +234,13 @@ def collect(names: list[str]) -> dict:
                     else (dmlx_names or [None])[0])
   for name in names:
     runs, seconds, seeds = [], [], []
-    folder = os.path.join(root, name)
-    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-      path = os.path.join(folder, entry, "final_metrics.json")
-      if not entry.startswith("seed") or not os.path.exists(path):
-        continue
-      with open(path) as f:
-        final = json.load(f)
-      metrics = dict(final["trained"]["test"]["embedding"])
-      metrics.update(final.get("method") or {})
+    for seed, final in common.finals(os.path.join(root, name)):
+      metrics = common.test_metrics(final)
       if "train" in final["trained"]:
         metrics["train recall@1"] = final["trained"]["train"]["embedding"][
             "recall@1"]
       runs.append(metrics)
-      seeds.append(int(entry[4:]))
+      seeds.append(seed)
       seconds.append(final.get("train_seconds", float("nan")))
       if final.get("untrained") and name == untrained_from:
         untrained.append(final["untrained"]["test"]["embedding"])

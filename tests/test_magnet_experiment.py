@@ -7,7 +7,6 @@ The measures are those of Rippel et al. (ICLR 2016): attribute concentration
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,25 +15,12 @@ import sys
 import numpy as np
 import pytest
 
+import experiment_scripts  # tests/experiment_scripts.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_script():
-  path = os.path.join(ROOT, "experiments", "magnet.py")
-  spec = importlib.util.spec_from_file_location("magnet_experiment_script",
-                                                path)
-  module = importlib.util.module_from_spec(spec)
-  # Experiment scripts define absl flags at import; drop them again so two
-  # scripts loaded into one test process do not clash.
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  before = set(flags.FLAGS)
-  spec.loader.exec_module(module)
-  for name in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, name)
-  return module
-
-
-script = _load_script()
+script = experiment_scripts.load("magnet")
 
 
 def _loop_concentration(x, values, labels, n, other_class):

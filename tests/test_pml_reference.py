@@ -5,13 +5,14 @@ Skipped when torch or pytorch-metric-learning is not installed.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 
 import numpy as np
 import pytest
+
+import experiment_scripts  # tests/experiment_scripts.py
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_metric_learning")
@@ -25,18 +26,9 @@ from dmlx import eval as dmlx_eval  # pylint: disable=g-import-not-at-top,wrong-
 from dmlx import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dmlx.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_script():
-  path = os.path.join(ROOT, "experiments", "pml_reference.py")
-  spec = importlib.util.spec_from_file_location("pml_reference_script", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)   # defines no flags at import
-  return module
-
-
-script = _load_script()
+script = experiment_scripts.load("pml_reference")
 
 
 def _tiny_config():

@@ -20,6 +20,7 @@ from dmlx.models import pretrained
 from dmlx.models.small_cnn import SmallCNN
 from dmlx.train import loop
 from dmlx.train import run as run_lib
+import experiment_scripts  # tests/experiment_scripts.py
 
 NUM_CLASSES, PER_CLASS = 8, 12
 BACKBONE = {"width": 4, "num_blocks": 2, "widen": True}
@@ -51,6 +52,21 @@ def _shrink(c, data_dir):
   c.eval.ks = (1, 2)
   c.eval.metrics = ("recall", "nmi")
   return c
+
+
+def _export_view(record, images):
+  """Test-time view of ``images`` with the export's input normalisation."""
+  prep = record["preprocessing"]
+  return augment.preprocess(jnp.asarray(images), None, crop_size=8, flip=False,
+                            mean=prep["mean"], std=prep["std"], train=False)
+
+
+def _export_pooled(record, images):
+  """The exported backbone's pooled features, computed without dmlx's
+  trainer."""
+  return SmallCNN(**BACKBONE).apply({"params": record["params"],
+                                     "batch_stats": record["batch_stats"]},
+                                    _export_view(record, images))["pooled"]
 
 
 @pytest.fixture(scope="module")
@@ -118,19 +134,16 @@ def test_fine_tuning_starts_from_the_pretrained_weights(export):
     first = json.load(f)["test"]["pooled"]
   run = run_lib.build(c, str(tmp / "probe"))
   test = run.test
-  net = SmallCNN(**BACKBONE)
-  prep = record["preprocessing"]
-  x = augment.preprocess(jnp.asarray(test.images), None, crop_size=8, flip=False,
-                         mean=prep["mean"], std=prep["std"], train=False)
-  pooled = net.apply({"params": record["params"],
-                      "batch_stats": record["batch_stats"]}, x)["pooled"]
+  pooled = _export_pooled(record, test.images)
   want = dmlx_eval.evaluate_retrieval(np.asarray(pooled), test.labels, ks=(1, 2),
                                       metrics=("recall", "nmi"))
   assert first.keys() == want.keys()
   for k in want:
     assert first[k] == pytest.approx(want[k], abs=1e-6), k
   # ... and not those of a random backbone.
-  fresh = SmallCNN(**BACKBONE).init(jax.random.PRNGKey(3), x[:1])
+  x = _export_view(record, test.images)
+  net = SmallCNN(**BACKBONE)
+  fresh = net.init(jax.random.PRNGKey(3), x[:1])
   random = net.apply(fresh, x)["pooled"]
   assert not np.allclose(np.asarray(random), np.asarray(pooled), atol=1e-3)
   run.checkpointer.close()
@@ -143,12 +156,7 @@ def test_pml_replica_starts_from_the_export(export):
   so its test-set pooled features are the export's own."""
   torch = pytest.importorskip("torch")
   pytest.importorskip("pytorch_metric_learning")
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "pml_reference_script", os.path.join(os.path.dirname(__file__), "..",
-                                           "experiments", "pml_reference.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = experiment_scripts.load("pml_reference")
   data_dir, path, record, tmp = export
   c = _finetune("triplet_semihard", data_dir, path)
   net = script.build_torch_model(c.model, 3)
@@ -158,12 +166,7 @@ def test_pml_replica_starts_from_the_export(export):
   images = run.test.images[:6]
   with torch.no_grad():
     got = net(script.eval_preprocess(images, run_lib.data_config(c)))["pooled"]
-  prep = record["preprocessing"]
-  x = augment.preprocess(jnp.asarray(images), None, crop_size=8, flip=False,
-                         mean=prep["mean"], std=prep["std"], train=False)
-  want = SmallCNN(**BACKBONE).apply({"params": record["params"],
-                                     "batch_stats": record["batch_stats"]},
-                                    x)["pooled"]
+  want = _export_pooled(record, images)
   np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="init='torch'"):
     script.train_pml(c, "triplet_semihard", str(tmp / "pml_torch"), init="torch")
