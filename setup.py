@@ -29,7 +29,11 @@ setup(
         # On a CUDA machine: pip install -e .[gpu]  (faiss-gpu replaces faiss-cpu's
         # index classes with GPU-capable ones; dmlx uses them when present).
         "gpu": ["jax[cuda12]", "faiss-gpu-cu12"],
-        "test": ["pytest", "pytest-xdist"],
+        # torch (CPU, 2.13.0: the build this project's machines hold on disk;
+        # a newer or unpinned one is a multi-GB CUDA build) and safetensors run
+        # the pretrained-weight converter's equivalence tests.
+        "test": ["pytest", "pytest-xdist", "hypothesis", "torch==2.13.0",
+                 "safetensors"],
         # Side-by-side comparisons with pytorch-metric-learning (benchmarks/).
         "compare": ["torch", "pytorch-metric-learning"],
     },

@@ -54,4 +54,6 @@ def get_config(arg: str | None = None):
   if arg not in (None, "", "runlocal"):
     raise ValueError(f"configs/default.py takes no argument but 'runlocal', "
                      f"got {arg!r}.")
-  return nngk.get_config("dataset=procedural" + (",runlocal" if arg else ""))
+  config = nngk.get_config("dataset=procedural" + (",runlocal" if arg else ""))
+  config.eval.report = True      # figures in the work directory (README)
+  return config

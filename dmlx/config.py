@@ -127,6 +127,22 @@ def base_config() -> ConfigDict:
   # the method's own (NNGK's classifier, Magnet's kNC, ...) and 1-NN;
   # or comma-separated names. Classifiers run on classification splits only.
   c.eval.evaluators = "auto"
+  # N-way K-shot episodes on the test classes (dmlx.eval.few_shot), reported
+  # beside Recall@K when ways > 0: 1-NN to the supports ('nearest') or to the
+  # class means ('prototype'); with ``group`` (an attribute, e.g. Omniglot's
+  # 'alphabet') also within-group episodes. Cosine when eval.l2_normalise.
+  c.eval.few_shot = ConfigDict()
+  c.eval.few_shot.ways = 0
+  c.eval.few_shot.shots = 1
+  c.eval.few_shot.queries = 1           # per class and episode
+  c.eval.few_shot.episodes = 1000
+  c.eval.few_shot.classifier = "nearest"
+  c.eval.few_shot.group = ""
+  c.eval.few_shot.seed = 0
+  # PNG figures in the work directory at the end of training
+  # (dmlx.train.figures): Recall@K trained vs untrained, training curves, a
+  # 2-D map of the test embeddings, a retrieval grid.
+  c.eval.report = False
   return c
 
 

@@ -5,6 +5,12 @@ does: Recall@K, NMI and MAP@R per layer and the run's evaluators.
       [--config.eval.layers=pooled,embedding] [--json]
 
 On a finished run it prints the metrics of its ``final_metrics.json``.
+Few-shot episodes on the test classes (``dmlx.eval.few_shot``), e.g. Omniglot's
+20-way one-shot task, also within alphabets:
+
+  python launch/evaluate.py --config=configs/default.py --workdir=workdirs/default \
+      --config.eval.few_shot.ways=20 [--config.eval.few_shot.shots=5] \
+      [--config.eval.few_shot.classifier=prototype] [--config.eval.few_shot.group=alphabet]
 """
 import json
 import os

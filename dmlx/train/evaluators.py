@@ -47,6 +47,62 @@ def nearest_neighbour(ctx: EvalContext) -> dict:
       ctx.test_features["embedding"], ctx.test.labels, k=1))}
 
 
+def few_shot(ctx: EvalContext) -> dict:
+  """N-way K-shot accuracy (± its 95% interval) of the embedding on
+  ``config.eval.few_shot``'s seeded episodes of the test classes (Lake et
+  al. 2015's one-shot task; Snell et al. 2017's class means with
+  ``classifier='prototype'``), also within ``group`` when set."""
+  from dmlx.eval import few_shot as few_shot_lib  # pylint: disable=g-import-not-at-top
+  cfg = ctx.config.eval.few_shot
+  metric = "cosine" if ctx.config.eval.get("l2_normalise", False) else "l2"
+  tag = f"fewshot_{cfg.ways}way{cfg.shots}shot"
+  out = {}
+  for name, groups in few_shot_groups(cfg, ctx.test).items():
+    episodes = few_shot_lib.make_episodes(
+        ctx.test.labels, n_way=cfg.ways, k_shot=cfg.shots, n_query=cfg.queries,
+        episodes=cfg.episodes, seed=cfg.seed, groups=groups)
+    result = few_shot_lib.few_shot_accuracy(
+        ctx.test_features["embedding"], ctx.test.labels, episodes,
+        classifier=cfg.classifier, metric=metric)
+    key = tag + (f"_within_{name}" if name else "")
+    out[key], out[key + "_ci95"] = result.accuracy, result.ci95
+    ctx.log(f"few-shot{' within ' + name if name else ''}: {result}")
+  return out
+
+
+def few_shot_groups(cfg, test: Dataset) -> dict[str, np.ndarray | None]:
+  """``{'': None}`` (episodes over all test classes), plus ``{group:
+  attribute}`` when ``eval.few_shot.group`` names one.
+
+  Raises:
+    ValueError: ``group`` is not an attribute of the test set."""
+  out: dict[str, np.ndarray | None] = {"": None}
+  if cfg.group:
+    if cfg.group not in test.attributes:
+      raise ValueError(f"config.eval.few_shot.group={cfg.group!r} is not an "
+                       f"attribute of the test set; it has "
+                       f"{sorted(test.attributes) or 'none'}.")
+    out[cfg.group] = np.asarray(test.attributes[cfg.group])
+  return out
+
+
+def check_few_shot(eval_config, test: Dataset) -> None:
+  """Fails before training when ``config.eval.few_shot`` cannot be drawn
+  from ``test`` (too few classes with enough images, a missing group)."""
+  cfg = eval_config.few_shot
+  if not cfg.ways:
+    return
+  from dmlx.eval import few_shot as few_shot_lib  # pylint: disable=g-import-not-at-top
+  for name, groups in few_shot_groups(cfg, test).items():
+    try:
+      few_shot_lib.make_episodes(test.labels, n_way=cfg.ways, k_shot=cfg.shots,
+                                 n_query=cfg.queries, episodes=1, seed=cfg.seed,
+                                 groups=groups)
+    except ValueError as e:
+      raise ValueError(f"config.eval.few_shot{' (group ' + name + ')' if name else ''}"
+                       f" on the test set: {e}") from e
+
+
 EVALUATORS = registry.Registry("eval.evaluators", {
     "nearest_neighbour": Evaluator(nearest_neighbour, needs_seen_classes=True),
     "loss_classifier": Evaluator("dmlx.methods.loss:evaluate_classifier",
@@ -57,6 +113,7 @@ EVALUATORS = registry.Registry("eval.evaluators", {
                                    needs_seen_classes=True),
     "mic_concatenation": Evaluator("dmlx.methods.mic:evaluate_concatenation"),
     "dmlda_densities": Evaluator("dmlx.methods.dmlda:evaluate_densities"),
+    "few_shot": Evaluator(few_shot),
 })
 
 
@@ -70,10 +127,25 @@ def names(eval_config: Any, method: Any) -> tuple[str, ...]:
   for name in spec:
     out.extend((*method.evaluators, "nearest_neighbour") if name == "auto"
                else (name,))
+  few = eval_config.get("few_shot")
+  if few is not None and few.ways:
+    _check_few_shot_settings(few)
+    out.append("few_shot")
   out = tuple(dict.fromkeys(out))
   for name in out:
     EVALUATORS.canonical(name)
   return out
+
+
+def _check_few_shot_settings(cfg) -> None:
+  for key, low in (("ways", 2), ("shots", 1), ("queries", 1), ("episodes", 1)):
+    value = cfg[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ValueError(f"config.eval.few_shot.{key} must be an integer >= {low}, "
+                       f"got {value!r}.")
+  if cfg.classifier not in ("nearest", "prototype"):
+    raise ValueError(f"config.eval.few_shot.classifier must be 'nearest' or "
+                     f"'prototype', got {cfg.classifier!r}.")
 
 
 def run_evaluators(evaluator_names: tuple[str, ...], ctx: EvalContext) -> dict:

@@ -95,7 +95,7 @@ def evaluate(run: run_lib.Run, state, host, step: int, *,
                                                 cfg.seed), "test": run.test}
   results, feats = evaluators_lib.evaluate_datasets(
       run.features, variables, run.mesh, datasets, cfg.eval, run.layers)
-  out = {"trained": results, "steps": int(step)}
+  out = {"trained": results, "steps": int(step), "features": feats}
   if final:
     ctx = run_lib.eval_context(run, state, host, step, run.test, feats["test"])
     out["method"] = evaluators_lib.run_evaluators(run.evaluators, ctx)
@@ -128,8 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   t_start = time.time()
   run = run_lib.build(config, workdir)
   cfg, method, mcfg = run.config, run.method, run.method_config
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  _write_config(run)
 
   # ---- State: restored (no refresh before it) or fresh ------------------------
   resumed = run.checkpointer.latest_step() is not None
@@ -197,17 +196,33 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   # ---- Final evaluation -----------------------------------------------------------
   train_seconds = time.time() - t_train
-  final = evaluate(run, state, host, total)
-  final = {"trained": final["trained"], "untrained": untrained, "steps": total,
-           "method": final["method"]}
+  evaluated = evaluate(run, state, host, total)
+  final = {"trained": evaluated["trained"], "untrained": untrained, "steps": total,
+           "method": evaluated["method"]}
   run.writer.write(total, evaluators_lib.flatten(final["trained"]), "final/")
   final["seconds"] = time.time() - t_start
   final["train_seconds"] = train_seconds
+  if cfg.eval.report:
+    from dmlx.train import figures  # pylint: disable=g-import-not-at-top
+    paths = figures.write_run(run, final, evaluated["features"]["test"]["embedding"])
+    run.log("figures: " + ", ".join(os.path.basename(p) for p in paths))
   _write_json(os.path.join(workdir, "final_metrics.json"), final)
   print(report(final, run.test.num_classes), flush=True)
   run.checkpointer.close()
   run.writer.close()
   return final
+
+
+def _write_config(run: run_lib.Run) -> None:
+  """``config.json``: the run's config with ``data`` as the run reads it
+  (the input normalisation of ``model.pretrained`` resolved), so the run's
+  network can be used (``dmlx.inference``) without the weights file."""
+  config = json.loads(run.config.to_json_best_effort())
+  config["data"] = json.loads(run.data_config.to_json_best_effort())
+  path = os.path.join(run.workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(config, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def _write_json(path: str, obj: Any) -> None:

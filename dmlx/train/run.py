@@ -128,6 +128,7 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
   writer.log(f"data {config.data.name}: train {len(train)} images / "
              f"{train.num_classes} classes, test {len(test)} images / "
              f"{test.num_classes} classes ({config.data.split})")
+  evaluators_lib.check_few_shot(config.eval, test)
   model = models.build_model(config.model)
   info = _model_info(model, train, data_cfg.crop_size or data_cfg.image_size)
   steps_per_epoch = epoch_length(config, method, method_config, train)
