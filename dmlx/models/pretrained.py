@@ -114,20 +114,12 @@ def export_workdir(workdir: str, step: int | None = None) -> Record:
   the arch and backbone kwargs; its preprocessing is that of the weights it
   started from, else its ``config.data.mean`` / ``std``.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"{workdir!r} has no config.json: not a dmlx run.")
-  with open(config_path) as f:
-    config = json.load(f)
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=False))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f"no checkpoint in {directory!r}.")
-  state = manager.restore(step, args=ocp.args.StandardRestore())
-  manager.close()
+  from dmlx.inference import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config = workdir_lib.read_config(workdir).to_dict()
+    state, step = workdir_lib.read_checkpoint(workdir, step)
+  except FileNotFoundError as e:
+    raise ValueError(str(e)) from e
   state = state.get("train", state)  # {'train': TrainState, 'host': ...}
   model = config["model"]
   params = state["params"]["model"]
@@ -138,7 +130,8 @@ def export_workdir(workdir: str, step: int | None = None) -> Record:
     prep = preprocessing_for(source)
   else:
     data = config["data"]
-    prep = dict(mean=tuple(data["mean"]), std=tuple(data["std"]), bgr=False,
+    prep = dict(mean=tuple(data["mean"]), std=tuple(data["std"]),
+                bgr=bool(data.get("bgr", False)),
                 scale=1.0)
   return dict(format=FORMAT, version=FORMAT_VERSION, arch=model["backbone"],
               params=_to_numpy(params["backbone"]),
