@@ -47,6 +47,8 @@ def base_config() -> ConfigDict:
   c.data.bgr = False                # reverse channels after normalising (Caffe weights);
                                     # mean/std/bgr are set from model.pretrained when given
   c.data.cache_dir = ""
+  c.data.on_bad_image = "error"     # error | skip: an image that does not decode is
+                                    # fatal (its path named) or dropped and counted
   c.data.options = ConfigDict()     # dataset-specific loader options (e.g. num_classes)
   c.data.class_range = ()           # (lo, hi): keep classes lo..hi-1 only
 

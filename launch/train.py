@@ -5,7 +5,8 @@
   python launch/train.py --config=configs/real_data.py:dataset=omniglot,method=nngk
 
 Rerunning the same command with the same ``--workdir`` resumes from the latest
-checkpoint. A config file that became a variant of another
+checkpoint. SIGTERM (SLURM's and preemptible VMs' notice) checkpoints the
+current step and exits with status 75 (``EX_TEMPFAIL``: requeue me). A config file that became a variant of another
 (``configs/omniglot_nngk.py``) is still accepted: the launcher says what it
 is now. Kept short on purpose: the work is in ``dmlx.train``.
 """
@@ -35,7 +36,10 @@ def main(argv):
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir or os.path.join(
       "workdirs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0])
-  loop.train_and_evaluate(FLAGS.config, workdir)
+  result = loop.train_and_evaluate(FLAGS.config, workdir)
+  if "preempted_at_step" in result:
+    from dmlx.train import preemption  # pylint: disable=g-import-not-at-top
+    sys.exit(preemption.EXIT_PREEMPTED)   # checkpointed; the same command resumes
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import re
 import zipfile
 from typing import Sequence
 
+from absl import logging
 import numpy as np
 
 from dmlx.data import base
@@ -201,6 +202,12 @@ def load_image_folder(root: PathLike, *, image_size, channels: int = 3,
           f"No images ({', '.join(exts)}) in class folders under '{root}'; "
           f"expected <root>/<class>/<image>.")
     classes = sorted({parts[i][0] for i in keep})
+    if path.is_dir():
+      empty = sorted(d.name for d in path.iterdir() if d.is_dir()
+                     and not d.name.startswith(".") and d.name not in classes)
+      if empty:
+        logging.warning(f"{len(empty)} class folders under '{root}' hold no images "
+                        f"({', '.join(exts)}) and are left out: {empty[:5]}")
     index = {c: k for k, c in enumerate(classes)}
     x = _decode(src, [files[i] for i in keep], image_size, channels=channels,
                 resize=resize, num_workers=num_workers)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from dmlx.data import bad_images
 from dmlx.data import base
 
 try:
@@ -179,8 +180,12 @@ def decode_many(items: Sequence[T], read: Callable[[T], bytes],
   ``read(item)`` returns the encoded bytes of one item (a file read, a zip
   member read). Pillow releases the GIL while decoding, so threads overlap
   both reading and decoding. A file that fails to decode raises ValueError
-  naming it.
+  naming it, or under :func:`on_bad_image` ``('skip')`` is zero-filled and
+  recorded, so the loader's dataset drops it (:mod:`dmlx.data.bad_images`).
   """
+  state = bad_images.current()
+  skip = state is not None and state.policy == "skip"
+  failed: list[int] = []
   check_options(channels, resize)
   h, w = image_shape(image_size)
   if boxes is not None and len(boxes) != len(items):
@@ -193,12 +198,22 @@ def decode_many(items: Sequence[T], read: Callable[[T], bytes],
 
   def work(i: int):
     data = read(items[i])  # A missing file raises its own error here.
+    if state is not None:
+      first = state.hashes.setdefault(hashlib.blake2b(data, digest_size=16).digest(),
+                                      items[i])
+      if first is not items[i]:
+        state.duplicates.append((str(items[i]), str(first)))
     try:
       out[i] = decode_image(data, (h, w), channels=channels, resize=resize,
                             invert=invert,
                             box=None if boxes is None else boxes[i])
     except (OSError, ValueError, SyntaxError) as e:
-      raise ValueError(f"Could not decode image {items[i]!r}: {e}") from e
+      if not skip:
+        raise ValueError(f"Could not decode image {items[i]!r}: {e} (skip such "
+                         "files with data.on_bad_image='skip').") from e
+      out[i] = 0
+      failed.append(i)
+      state.skipped.append((str(items[i]), str(e)))
 
   if num_workers == 1 or len(items) < 64:
     for i in range(len(items)):
@@ -207,6 +222,8 @@ def decode_many(items: Sequence[T], read: Callable[[T], bytes],
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
       for _ in pool.map(work, range(len(items)), chunksize=64):
         pass
+  if skip and failed:
+    state.pending = (len(items), sorted(failed))
   return out
 
 
@@ -356,11 +373,11 @@ def cached(cache_dir: str | os.PathLike | None, key: Mapping[str, Any],
   named by :func:`cache_key` of ``key`` (no caching when ``cache_dir`` is
   None)."""
   if cache_dir is None:
-    return build()
+    return bad_images.drop_bad_rows(build())
   prefix = str(key.get("loader", "dataset"))
   path = pathlib.Path(cache_dir) / f"{prefix}_{cache_key(**key)}.npz"
   if path.is_file():
     return load_npz(path)
-  ds = build()
+  ds = bad_images.drop_bad_rows(build())
   save_npz(ds, path)
   return ds

@@ -11,28 +11,48 @@ chosen without looking at the test classes.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+from absl import logging
 import numpy as np
 
+from dmlx.data import bad_images
 from dmlx.data import registry
 from dmlx.data import splits
 from dmlx.data.base import Dataset
 
 
-def load_dataset(cfg) -> Dataset:
+def load_dataset(cfg, log: Callable[[str], None] | None = None) -> Dataset:
   """Loads ``cfg.name`` through :func:`dmlx.data.registry.load`; a dataset's
-  own standard split is kept in its ``'split'`` attribute."""
+  own standard split is kept in its ``'split'`` attribute.
+
+  An image that does not decode is fatal (``data.on_bad_image='error'``,
+  the error names its path) or dropped (``'skip'``); skipped files and files
+  with identical bytes (kept) are reported through ``log``."""
   options = dict(cfg.options)
   if cfg.cache_dir:
     options["cache_dir"] = cfg.cache_dir
-  return registry.load(cfg.name, cfg.data_dir or None, cfg.image_size, **options)
+  log = log or logging.warning
+  with bad_images.on_bad_image(cfg.get("on_bad_image", "error")) as bad:
+    ds = registry.load(cfg.name, cfg.data_dir or None, cfg.image_size, **options)
+  if bad.skipped:
+    shown = "; ".join(f"{p} ({why[:80]})" for p, why in bad.skipped[:3])
+    log(f"data.on_bad_image='skip': skipped {len(bad.skipped)} images that do not "
+        f"decode: {shown}{' ...' if len(bad.skipped) > 3 else ''}")
+  if bad.duplicates:
+    shown = "; ".join(f"{a} = {b}" for a, b in bad.duplicates[:3])
+    log(f"{len(bad.duplicates)} files have the same bytes as another file (kept; "
+        f"a duplicate in a test set inflates Recall@K): {shown}"
+        f"{' ...' if len(bad.duplicates) > 3 else ''}")
+  return ds
 
 
-def load_splits(cfg) -> dict[str, Dataset]:
+def load_splits(cfg, log: Callable[[str], None] | None = None) -> dict[str, Dataset]:
   """Returns ``{'train': Dataset, 'test': Dataset}`` for ``config.data``.
 
   ``class_range = (lo, hi)`` first keeps classes ``lo..hi-1`` only (in the
   loader's order; relabelled from 0): a pretraining run's own classes."""
-  ds = load_dataset(cfg)
+  ds = load_dataset(cfg, log)
   class_range = tuple(cfg.get("class_range", ()))
   if class_range:
     lo, hi = (int(v) for v in class_range)
@@ -73,6 +93,10 @@ def load_splits(cfg) -> dict[str, Dataset]:
                        f"{tuple(cfg.train_attribute_values)}.")
     train, test = splits.split_by_attribute(train, cfg.split_attribute, keep)
   if cfg.validation_classes:
+    if not 0 < cfg.validation_classes < train.num_classes:
+      raise ValueError(f"data.validation_classes = {cfg.validation_classes} must be "
+                       f"in [1, {train.num_classes - 1}]: the training split has "
+                       f"{train.num_classes} classes.")
     train, test = splits.zero_shot_split(
         train, num_train_classes=train.num_classes - cfg.validation_classes)
   if cfg.get("classify_fraction", 0.0):

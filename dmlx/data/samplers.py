@@ -77,6 +77,13 @@ class RandomSampler:
 class PKSampler:
   """P classes × K images per class, every example visited each epoch.
 
+  Each class's shuffled examples are cut into groups of K; the last group of
+  a class whose size is not a multiple of K is completed with other examples
+  of that class, and a class with fewer than K examples repeats some of them
+  (drawn with replacement), so such a batch holds the same image more than
+  once (a zero-distance positive pair). ``short_classes`` counts those
+  classes; the training loop logs it.
+
   Args:
     labels: ``[N]`` integer labels of the training set.
     classes_per_batch: P.
@@ -98,10 +105,13 @@ class PKSampler:
     del num_classes
     self.members = [m for m in _class_members(labels) if len(m)]
     self.P, self.K = classes_per_batch, images_per_class
+    self.short_classes = sum(len(m) < self.K for m in self.members)
     self.batch_size = self.P * self.K
     self.seed = seed
-    num_groups = sum(-(-len(m) // self.K) for m in self.members)
-    self.steps_per_epoch = -(-num_groups // self.P)
+    groups = [-(-len(m) // self.K) for m in self.members]
+    # A batch takes at most one group of a class: a class of g groups needs
+    # g batches, however few groups the others have.
+    self.steps_per_epoch = max(-(-sum(groups) // self.P), max(groups))
 
   @functools.lru_cache(maxsize=2)
   def _plan(self, epoch: int) -> np.ndarray:

@@ -140,7 +140,9 @@ def density_regularizer(
     embeddings: ``[batch_size, dim]`` embeddings.
     labels: ``[batch_size]`` integer class ids in ``[0, num_classes)``;
       others are ignored.
-    target_density: ``[num_classes]`` learnable α_c (paper init: 0.5).
+    target_density: ``[num_classes]`` learnable α_c (paper init: 0.5). A
+      negative α_c counts as 0 in the value (a target density is ≥ 0); its
+      gradient is that at 0, passed through, so descent moves it back.
     original_density: ``[num_classes]`` D^(0)_avg per class; required when
       ``correlation`` is true.
     eta: exponent η of the inter-class density correlation (paper: 0.5).
@@ -154,7 +156,8 @@ def density_regularizer(
     ``(loss, aux)``: the scalar L_DA and scalars ``density_fit`` (first
     term), ``density_spread`` ((1/C)Σα_c, subtracted), ``density_correlation``
     (the penalty, 0 without it), ``mean_density``, ``mean_target_density``
-    (over present classes) and ``num_present_classes``.
+    (over present classes), ``num_present_classes`` and
+    ``negative_target_density`` (present classes whose α_c < 0, used as 0).
 
   References:
     Li, Yao, Pan, Chao, Mei, "Deep Metric Learning with Density Adaptivity",
@@ -181,7 +184,14 @@ def density_regularizer(
   num_classes = target_density.shape[0]
   density, counts = class_density(embeddings, labels, num_classes,
                                   normalize=normalize)
-  alpha = target_density.astype(density.dtype)
+  raw_alpha = target_density.astype(density.dtype)
+  # α_c is a target for D_avg ≥ 0 (a mean squared distance), so a negative
+  # α_c (a large optimiser step) has no meaning: its value is taken as 0,
+  # with the gradient passed through unchanged so descent lifts it back
+  # (d L_DA / d α_c < 0 at α_c = 0 when the other α's are ≥ 0). Exact
+  # identity for α_c ≥ 0: values and gradients there are unchanged.
+  alpha = jnp.where(raw_alpha >= 0, raw_alpha,
+                    raw_alpha - jax.lax.stop_gradient(raw_alpha))
   present = (counts >= min_class_size).astype(density.dtype)     # [C]
   num_present = jnp.sum(present)
   inv_c = 1.0 / jnp.maximum(num_present, 1.0)
@@ -211,6 +221,7 @@ def density_regularizer(
       "mean_density": jnp.sum(present * density) * inv_c,
       "mean_target_density": spread,
       "num_present_classes": num_present,
+      "negative_target_density": jnp.sum(present * (raw_alpha < 0)),
   }
   return loss, aux
 

@@ -20,7 +20,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def dmlda_contrastive(embeddings: Array, labels: Array, *,
                       margin: float = 1.0, reduction: str = "mean"
                       ) -> tuple[Array, dict[str, Array]]:
-  """Contrastive loss of DML-DA, eq. (2), summed or averaged over the pairs.
+  r"""Contrastive loss of DML-DA, eq. (2), summed or averaged over the pairs.
 
   .. math::
     \mathcal{L}_{pair} = \frac{1}{|\mathcal{M}| + |\mathcal{C}|} \Big(

@@ -147,6 +147,11 @@ class Config:
     if not np.isfinite(self.alpha_init):
       raise ValueError(f"config.method.alpha_init must be finite, got "
                        f"{self.alpha_init}.")
+    if self.alpha_init < 0:
+      raise ValueError(
+          f"config.method.alpha_init must be >= 0, got {self.alpha_init}: "
+          "alpha_c is a target class density (a mean squared distance to the "
+          "class centre, >= 0); use e.g. the paper's 0.5.")
     base.check_positive_int(self, "min_class_size")
     if not self.entropy_temperature > 0:
       raise ValueError(f"config.method.entropy_temperature must be > 0, got "

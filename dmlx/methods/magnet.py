@@ -269,8 +269,10 @@ def samplers(cfg: Config, ctx: base.HostContext,
   if fewest < cfg.M - 1:
     raise ValueError(
         f"magnet: config.method.M={cfg.M} needs M-1={cfg.M - 1} impostor "
-        f"clusters for every class, but some class has only {fewest}; "
-        "lower M or raise K.")
+        f"clusters for every class, but some class has only {fewest} "
+        f"({int(valid.sum())} valid clusters in all); lower M, or raise K if "
+        "the classes have more than K examples (a class smaller than K has one "
+        "cluster per example).")
   seed = base.host_seed(ctx.config.seed, 0)
   return {"train": NeighbourhoodSampler(
       len(ctx.train), cfg.M, cfg.D, seed=seed,

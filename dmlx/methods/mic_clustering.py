@@ -93,7 +93,9 @@ def compute_surrogate_labels(features: np.ndarray, labels: np.ndarray,
   if not 1 <= num_clusters <= features.shape[0]:
     raise ValueError(
         f"num_clusters must lie in [1, N={features.shape[0]}], got "
-        f"{num_clusters}.")
+        f"{num_clusters}: cannot split {features.shape[0]} examples into "
+        f"{num_clusters} surrogate clusters; set config.method.num_clusters "
+        f"to at most {features.shape[0]} (or cluster more examples).")
   if not np.all(np.isfinite(features)):
     raise ValueError("features for clustering contain NaN or inf.")
   z = standardise_per_class(features, labels, standardise)

@@ -107,8 +107,8 @@ class Config:
   bank_batch_size: int = 0
 
   def __post_init__(self):
-    if not self.sigma > 0:
-      raise ValueError(f"config.method.sigma must be > 0, got {self.sigma!r}.")
+    if not 0 < self.sigma < float("inf"):
+      raise ValueError(f"config.method.sigma must be finite and > 0, got {self.sigma!r}.")
     base.check_positive_int(self, "num_neighbours", "update_interval")
     if not self.min_weight > 0:
       raise ValueError(

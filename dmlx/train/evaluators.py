@@ -99,8 +99,9 @@ def check_few_shot(eval_config, test: Dataset) -> None:
                                  n_query=cfg.queries, episodes=1, seed=cfg.seed,
                                  groups=groups)
     except ValueError as e:
-      raise ValueError(f"config.eval.few_shot{' (group ' + name + ')' if name else ''}"
-                       f" on the test set: {e}") from e
+      raise ValueError(f"config.eval.few_shot (ways={cfg.ways}, shots={cfg.shots}, "
+                       f"queries={cfg.queries}{', group ' + name if name else ''}) "
+                       f"on the test set: {e}") from e
 
 
 EVALUATORS = registry.Registry("eval.evaluators", {

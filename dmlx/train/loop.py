@@ -17,16 +17,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from dmlx import eval as dmlx_eval
 from dmlx.methods.base import MethodState
+from dmlx.train import checkpoint as ckpt_lib
 from dmlx.train import evaluators as evaluators_lib
 from dmlx.train import periodic
+from dmlx.train import preemption
 from dmlx.train import run as run_lib
 from dmlx.train import step as step_lib
 from dmlx.train.metrics import Meter
@@ -63,8 +66,12 @@ def _batches(run: run_lib.Run, samplers: dict, step: int, host: Any) -> dict:
 def _samplers(run: run_lib.Run, state, host, step: int) -> dict:
   if run.method.samplers is None:
     from dmlx.data import samplers as samplers_lib  # pylint: disable=g-import-not-at-top
-    return {"train": samplers_lib.make_sampler(run.config.sampler,
-                                               run.train.labels, run.config.seed)}
+    sampler = samplers_lib.make_sampler(run.config.sampler, run.train.labels,
+                                        run.config.seed)
+    if getattr(sampler, "short_classes", 0) and step < run.steps_per_epoch:
+      run.log(f"sampler: {sampler.short_classes} classes have fewer than K = "
+              f"{sampler.K} images; their batches repeat images")
+    return {"train": sampler}
   ctx = run_lib.host_context(run, state, step)
   return dict(run.method.samplers(run.method_config, ctx, MethodState(host=host)))
 
@@ -139,6 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   else:
     state, host = run_lib.fresh_state(run)
     start = 0
+  ckpt_lib.check_space(workdir, (state, host), cfg.train.max_checkpoints)
   untrained = _untrained(run, state, resumed)
 
   # ---- When periodic work is due ------------------------------------------------
@@ -147,20 +155,67 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                at_start=method.refresh is not None)
   if method.refresh is None:
     refresh_due = periodic.Every()
-  sync_due = periodic.Every(steps=method.sync_every(mcfg) if method.sync else 0)
-  log_due = periodic.Every(steps=cfg.train.log_every, epochs=1, steps_per_epoch=spe)
-  save_due = periodic.Every(steps=cfg.train.checkpoint_every_steps, epochs=1,
-                            steps_per_epoch=spe)
-  eval_due = periodic.Every(epochs=cfg.train.eval_every_epochs, steps_per_epoch=spe)
-  stop_due = periodic.Every(epochs=cfg.train.stop_after_epochs, steps_per_epoch=spe)
+  due = Due(
+      refresh=refresh_due,
+      sync=periodic.Every(steps=method.sync_every(mcfg) if method.sync else 0),
+      log=periodic.Every(steps=cfg.train.log_every, epochs=1, steps_per_epoch=spe),
+      save=periodic.Every(steps=cfg.train.checkpoint_every_steps, epochs=1,
+                          steps_per_epoch=spe),
+      eval=periodic.Every(epochs=cfg.train.eval_every_epochs, steps_per_epoch=spe),
+      stop=periodic.Every(epochs=cfg.train.stop_after_epochs, steps_per_epoch=spe))
 
   # ---- The step loop ------------------------------------------------------------
   train_step = jax.jit(step_lib.make_train_step(run.model, method, mcfg, run.optimizer,
                                                 run.data_config), donate_argnums=(0,))
   meter = Meter(run, start)
-  samplers = None
   t_train = time.time()
+  with preemption.Preemption() as preempted:
+    stopped = _steps(run, state, host, start, train_step, meter, due, preempted)
+  if isinstance(stopped, dict):
+    return stopped
+  state, host = stopped
+  meter.close()
+
+  # ---- Final evaluation -----------------------------------------------------------
+  train_seconds = time.time() - t_train
+  evaluated = evaluate(run, state, host, total)
+  final = {"trained": evaluated["trained"], "untrained": untrained, "steps": total,
+           "method": evaluated["method"]}
+  run.writer.write(total, evaluators_lib.flatten(final["trained"]), "final/")
+  final["seconds"] = time.time() - t_start
+  final["train_seconds"] = train_seconds
+  if cfg.eval.report:
+    from dmlx.train import figures  # pylint: disable=g-import-not-at-top
+    paths = figures.write_run(run, final, evaluated["features"]["test"]["embedding"])
+    run.log("figures: " + ", ".join(os.path.basename(p) for p in paths))
+  _write_json(os.path.join(workdir, "final_metrics.json"), final)
+  print(report(final, run.test.num_classes), flush=True)
+  run.checkpointer.close()
+  run.writer.close()
+  return final
+
+
+class Due(NamedTuple):
+  """When the periodic work of the step loop is due (``periodic.Every``)."""
+  refresh: periodic.Every
+  sync: periodic.Every
+  log: periodic.Every
+  save: periodic.Every
+  eval: periodic.Every
+  stop: periodic.Every
+
+
+def _steps(run: run_lib.Run, state, host, start: int, train_step, meter: Meter,
+           due: Due, preempted: preemption.Preemption):
+  """The step loop from ``start``: ``(state, host)`` at the end, or
+  ``{'stopped_at_step'}`` / ``{'preempted_at_step'}`` when it stops early."""
+  cfg, method, mcfg = run.config, run.method, run.method_config
+  spe, total = run.steps_per_epoch, run.total_steps
+  refresh_due, sync_due, log_due, save_due, eval_due, stop_due = due
+  samplers = None
   for step in range(start, total):
+    if preempted(step):
+      return _preempt(run, state, host, step, meter, preempted.signal)
     if refresh_due(step):
       t0 = time.time()
       state, host = refresh(run, state, host, step)
@@ -192,25 +247,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       run.checkpointer.close()
       run.writer.close()
       return {"stopped_at_step": done}
-  meter.close()
+  return state, host
 
-  # ---- Final evaluation -----------------------------------------------------------
-  train_seconds = time.time() - t_train
-  evaluated = evaluate(run, state, host, total)
-  final = {"trained": evaluated["trained"], "untrained": untrained, "steps": total,
-           "method": evaluated["method"]}
-  run.writer.write(total, evaluators_lib.flatten(final["trained"]), "final/")
-  final["seconds"] = time.time() - t_start
-  final["train_seconds"] = train_seconds
-  if cfg.eval.report:
-    from dmlx.train import figures  # pylint: disable=g-import-not-at-top
-    paths = figures.write_run(run, final, evaluated["features"]["test"]["embedding"])
-    run.log("figures: " + ", ".join(os.path.basename(p) for p in paths))
-  _write_json(os.path.join(workdir, "final_metrics.json"), final)
-  print(report(final, run.test.num_classes), flush=True)
+
+def _preempt(run, state, host, step: int, meter, signum) -> dict:
+  """Checkpoints ``step`` (unless it is the latest already) and stops."""
+  meter.flush(step)                          # raises on NaN / Inf: never saved
+  if run.checkpointer.latest_step() != step:
+    run_lib.save_state(run, step, state, host)
+  name = signal.Signals(signum).name if signum else "the preemption notice"
+  run.log(f"{name}: checkpointed step {step} in {run.checkpointer.directory}; "
+          f"stopping (exit {preemption.EXIT_PREEMPTED}); the same command resumes")
+  meter.close()
   run.checkpointer.close()
   run.writer.close()
-  return final
+  return {"preempted_at_step": step}
 
 
 def _write_config(run: run_lib.Run) -> None:

@@ -27,6 +27,7 @@ from dmlx.data import samplers as samplers_lib
 from dmlx.methods.base import EvalContext, HostContext, Method, MethodState, ModelInfo
 from dmlx.methods.base import host_seed
 from dmlx.train import checkpoint as ckpt_lib
+from dmlx.train import checks
 from dmlx.train import evaluators as evaluators_lib
 from dmlx.train import optim
 from dmlx.train import step as step_lib
@@ -89,7 +90,13 @@ def _model_info(model, train: data_base.Dataset, size: int) -> ModelInfo:
     variables = model.init({"params": k, "dropout": k}, x)
     return model.apply(variables, x)
 
-  out = jax.eval_shape(shapes, jax.random.PRNGKey(0), dummy)
+  try:
+    out = jax.eval_shape(shapes, jax.random.PRNGKey(0), dummy)
+  except KeyError as e:  # EmbeddingNet reads model.input_layer from the backbone
+    if not e.args or e.args[0] != getattr(model, "input_layer", None):
+      raise
+    raise ValueError(f"config.model.input_layer = {e.args[0]!r} is not an output "
+                     "of the backbone.") from e
   dims = {k: int(v.shape[-1]) for k, v in out.items()}
   return ModelInfo(num_classes=train.num_classes, num_train=len(train),
                    embedding_dim=dims["embedding"], feature_dims=dims)
@@ -111,11 +118,12 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
   """Builds a :class:`Run`: settings checked first, then data, network,
   optimiser and the jitted feature function. Nothing is trained, embedded
   or clustered."""
+  checks.check_config(config)
   method, method_config = methods_lib.from_config(config)
   evaluator_names = evaluators_lib.names(config.eval, method)
   layers = tuple(dict.fromkeys(evaluators_lib.parse_layers(config.eval.layers)
                                + ("embedding",)))
-  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.check_writable(workdir)
   writer = MetricWriter(workdir, tensorboard=config.train.tensorboard, quiet=quiet)
   mesh = step_lib.make_mesh()
   writer.log(f"devices: {mesh.devices.size} x {jax.devices()[0].platform}")
@@ -123,7 +131,7 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
   if data_cfg is not config.data:
     writer.log(f"input normalisation from {config.model.pretrained}: mean "
                f"{data_cfg.mean}, std {data_cfg.std}, bgr {data_cfg.bgr}")
-  splits = pipeline.load_splits(data_cfg)
+  splits = pipeline.load_splits(data_cfg, writer.log)
   train, test = splits["train"], splits["test"]
   writer.log(f"data {config.data.name}: train {len(train)} images / "
              f"{train.num_classes} classes, test {len(test)} images / "
@@ -131,6 +139,10 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
   evaluators_lib.check_few_shot(config.eval, test)
   model = models.build_model(config.model)
   info = _model_info(model, train, data_cfg.crop_size or data_cfg.image_size)
+  unknown = [l for l in layers if l.partition("@")[0] not in info.feature_dims]
+  if unknown:
+    raise ValueError(f"config.eval.layers names {unknown}, not outputs of the "
+                     f"network; it has {sorted(info.feature_dims)}.")
   steps_per_epoch = epoch_length(config, method, method_config, train)
   total = steps_per_epoch * config.train.epochs
   return Run(config=config, workdir=workdir, data_config=data_cfg,

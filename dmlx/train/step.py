@@ -223,6 +223,7 @@ def extract_features(feature_fn: Callable, variables: Any, images: np.ndarray,
                                  batch_size, layers, batch_stats_seed)
   n = len(images)
   ndev = mesh.devices.size
+  batch_size = min(batch_size, -(-n // ndev) * ndev)   # no padding past the images
   batch_size = max(ndev, batch_size - batch_size % ndev)
   chunks: dict[str, list[np.ndarray]] = {}
   for start in range(0, n, batch_size):
