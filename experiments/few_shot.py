@@ -85,7 +85,8 @@ def main(argv) -> None:
   for protocol, methods in results.items():
     lines += [f"## {protocol}", "",
               "| method | seeds | " + " | ".join(
-                  n.replace("w", "-way ").replace("s_", "-shot, ") for n in names) + " |",
+                  f"{w}-way {s}-shot, {g}" for w, s in TASKS for g in ("all", "within"))
+              + " |",
               "|---" * (len(names) + 2) + "|"]
     for method, runs in methods.items():
       lines.append(f"| {method} | {len(runs)} | " + " | ".join(
