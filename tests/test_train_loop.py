@@ -241,3 +241,24 @@ def test_cosine_evaluation_of_every_layer():
   cfg.l2_normalise = False
   raw = evaluators.evaluate_features({"fc6": x.astype(np.float32)}, labels, cfg)
   assert raw["fc6"] != want
+
+
+@pytest.mark.parametrize("name", ["nngk", pytest.param("magnet", marks=pytest.mark.slow)])
+def test_the_train_step_compiles_once_per_run(name, tmp_path, monkeypatch):
+  """Two epochs with a refresh (and Magnet's syncs) before each: the
+  jitted step is traced and compiled once, never again across steps,
+  epochs or refreshes (a new centre bank or cluster index has the same
+  shapes and dtypes)."""
+  steps = {}
+  real_jit = jax.jit
+
+  def recording_jit(fn, *args, **kwargs):
+    jitted = real_jit(fn, *args, **kwargs)
+    if getattr(fn, "__name__", "") == "train_step":
+      steps["fn"] = jitted
+    return jitted
+
+  monkeypatch.setattr(loop.jax, "jit", recording_jit)
+  c = _method_config(name, steps=3, epochs=2)
+  loop.train_and_evaluate(c, str(tmp_path))
+  assert steps["fn"]._cache_size() == 1
