@@ -213,3 +213,28 @@ def test_commands_export_embed_and_search(trained, tmp_path):
     assert im.size[0] > 200
   from_saved = inference.GalleryIndex.load(str(tmp_path / "index"))
   assert len(from_saved) == 720 and from_saved.gallery.class_names
+
+
+def test_few_shot_evaluator_reports_within_group_episodes():
+  import types  # pylint: disable=g-import-not-at-top
+  from dmlx.data import base  # pylint: disable=g-import-not-at-top
+  from dmlx.train import evaluators  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(12), 4)
+  alphabet = labels // 6                                   # two groups of 6 classes
+  test = base.Dataset(images=np.zeros((48, 2, 2, 1), np.uint8), labels=labels,
+                      class_names=tuple(map(str, range(12))),
+                      attributes={"alphabet": alphabet})
+  feats = (np.eye(12)[labels] * 5 + rng.normal(size=(48, 12)) * 0.1).astype(np.float32)
+  config = configs.load("default.py")
+  config.eval.few_shot.update(ways=5, episodes=50, group="alphabet")
+  ctx = types.SimpleNamespace(config=config, test=test, test_features={"embedding": feats},
+                              log=lambda s: None)
+  out = evaluators.few_shot(ctx)
+  assert out["fewshot_5way1shot"] == 1.0 and out["fewshot_5way1shot_within_alphabet"] == 1.0
+  config.eval.few_shot.group = "drawer"
+  with pytest.raises(ValueError, match="few_shot.group='drawer'.*alphabet"):
+    evaluators.check_few_shot(config.eval, test)
+  config.eval.few_shot.update(group="alphabet", ways=7)       # a group has only 6 classes
+  with pytest.raises(ValueError, match="ways=7.*group alphabet"):
+    evaluators.check_few_shot(config.eval, test)
