@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -50,14 +51,22 @@ def read_checkpoint(workdir: str, step: int | None = None) -> tuple[dict, int]:
     raise FileNotFoundError(f"No checkpoint in {directory}; train first with "
                             "launch/train.py and the same --workdir.")
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=False))
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers=ocp.StandardCheckpointHandler())
   try:
     steps = manager.all_steps()
     chosen = manager.latest_step() if step is None else int(step)
     if chosen is None or chosen not in steps:
       raise FileNotFoundError(f"No checkpoint {'' if step is None else step} in "
                               f"{directory} (steps there: {sorted(steps)}).")
-    state = manager.restore(chosen, args=ocp.args.StandardRestore())
+    # Onto this process's first device, whatever devices wrote it (a
+    # checkpoint of an 8-GPU run opens on a laptop).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+        if hasattr(m, "shape") and hasattr(m, "dtype") else m,
+        manager.item_metadata(chosen))
+    state = manager.restore(chosen, args=ocp.args.StandardRestore(target))
   finally:
     manager.close()
   return state, int(chosen)
