@@ -95,6 +95,7 @@ def test_procedural_config_trains_end_to_end(tmp_path):
   assert float(line.group(1)) != float(line.group(2))
 
 
+@pytest.mark.slow  # the default variant trains end to end in the suite
 def test_procedural_config_zero_shot_variant(tmp_path):
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
   config, _ = _config("procedural")

@@ -112,6 +112,7 @@ def test_nan_is_reported_at_the_next_log_step_without_saving_it(tmp_path):
       tmp_path / "checkpoints")
 
 
+@pytest.mark.slow  # statistical (40 steps); the schedule's epoch runs in the transfer-guard test
 def test_mic_authors_schedule_takes_the_aux_step_with_its_probability(tmp_path):
   c = _method_config("mic_authors", steps=40, log_every=40)
   final = loop.train_and_evaluate(c, str(tmp_path))
