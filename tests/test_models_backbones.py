@@ -317,7 +317,11 @@ TINY = {  # name: (model, input side, expected spatial sides per feature)
 }
 
 
-@pytest.mark.parametrize("name", list(TINY))
+# The two Inception-style nets take ~40 s each to compile: slow suite (their
+# full-size layouts are checked against torchvision in the default suite).
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("googlenet", "bninception") else n
+    for n in TINY])
 def test_tiny_backbone_runs_jitted_with_batch_stats(name):
   model, side, sides = TINY[name]
   x = jnp.asarray(np.random.RandomState(0).randn(2, side, side, 3),
