@@ -318,7 +318,7 @@ TINY = {  # name: (model, input side, expected spatial sides per feature)
 
 
 # The two Inception-style nets take ~40 s each to compile: slow suite (their
-# full-size layouts are checked against torchvision in the default suite).
+# converted weights are checked against torch in tests/test_pretrained.py).
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if n in ("googlenet", "bninception") else n
     for n in TINY])
