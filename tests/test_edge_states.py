@@ -417,6 +417,14 @@ def test_mic_single_example_surrogate_cluster():
       lambda p, o, b: mic.loss(cfg, p, o, b, state, jax.random.PRNGKey(0)),
       argnums=(0, 1), has_aux=True))
 
+  def check_finite(rows):
+    batch = {"labels": jnp.asarray(classes[rows]), "index": jnp.asarray(rows),
+             "step": jnp.zeros((), jnp.int32)}
+    outputs = {"embedding": e_alpha[rows], "aux_embedding": e_beta[rows]}
+    (value, aux), grads = grad(params, outputs, batch)
+    assert np.isfinite(float(value)) and _finite(grads)
+    assert np.isfinite(float(aux["mic_aux_loss"]))
+
   sampler = mic.SurrogateSampler(surrogate, 3, 4, switch_prob=0.0, seed=1)
   steps = [s for s in range(sampler.steps_per_epoch * 3)
            if single in sampler.batch(s)[1]]
@@ -425,23 +433,13 @@ def test_mic_single_example_surrogate_cluster():
   assert np.sum(labels == single) == 4
   assert len(set(rows[labels == single].tolist())) == 1
   np.testing.assert_array_equal(surrogate[rows], labels)
-  batch = {"labels": jnp.asarray(classes[rows]), "index": jnp.asarray(rows),
-           "step": jnp.zeros((), jnp.int32)}
-  outputs = {"embedding": e_alpha[rows], "aux_embedding": e_beta[rows]}
-  (value, aux), grads = grad(params, outputs, batch)
-  assert np.isfinite(float(value)) and _finite(grads)
-  assert np.isfinite(float(aux["mic_aux_loss"]))
+  check_finite(rows)
 
   # Joint schedule: a class batch holding the singleton's only example.
   rows = np.concatenate([[np.flatnonzero(surrogate == single)[0]],
                          np.flatnonzero(surrogate != single)[:11]])
   assert np.sum(surrogate[rows] == single) == 1
-  batch = {"labels": jnp.asarray(classes[rows]), "index": jnp.asarray(rows),
-           "step": jnp.zeros((), jnp.int32)}
-  outputs = {"embedding": e_alpha[rows], "aux_embedding": e_beta[rows]}
-  (value, aux), grads = grad(params, outputs, batch)
-  assert np.isfinite(float(value)) and _finite(grads)
-  assert np.isfinite(float(aux["mic_aux_loss"]))
+  check_finite(rows)
 
 
 def test_mic_fewer_examples_than_surrogate_clusters():
