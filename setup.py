@@ -29,6 +29,8 @@ setup(
         # On a CUDA machine: pip install -e .[gpu]  (faiss-gpu replaces faiss-cpu's
         # index classes with GPU-capable ones; dmlx uses them when present).
         "gpu": ["jax[cuda12]", "faiss-gpu-cu12"],
+        # On a Cloud TPU VM (every worker): pip install -e .[tpu]
+        "tpu": ["jax[tpu]"],
         # torch (CPU, 2.13.0: the build this project's machines hold on disk;
         # a newer or unpinned one is a multi-GB CUDA build) and safetensors run
         # the pretrained-weight converter's equivalence tests.

@@ -25,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 import configs  # pylint: disable=wrong-import-position
+from dmlx.train import distributed  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
@@ -32,12 +33,14 @@ flags.DEFINE_string("workdir", None, "The run's work directory.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_bool("json", False, "Print the metrics as JSON (the layout of "
                   "final_metrics.json) instead of a table.")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+  distributed.initialize_from_flags()   # before any device is touched
   from dmlx import train  # pylint: disable=g-import-not-at-top
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
   metrics = train.evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.step)

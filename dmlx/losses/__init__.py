@@ -52,3 +52,4 @@ from dmlx.losses._mic import mutual_information_loss
 from dmlx.losses._mic import switch_labels
 from dmlx.losses._nngk import CentreBank
 from dmlx.losses._nngk import nngk
+from dmlx.losses._nngk import nngk_gathered

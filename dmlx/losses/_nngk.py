@@ -263,14 +263,52 @@ def nngk(
     raise ValueError(f"NNGK weights shape {weights.shape} != number of "
                      f"centres {bank.labels.shape}.")
   centres, centre_labels, w, mask = gather_neighbours(bank, weights, index)
+  return nngk_gathered(embeddings, labels, centres, centre_labels, w, mask,
+                       sigma=sigma, min_weight=min_weight, reduction=reduction)
+
+
+def nngk_gathered(
+    embeddings: Array,
+    labels: Array,
+    centres: Array,
+    centre_labels: Array,
+    weights: Array,
+    mask: Array,
+    *,
+    sigma: float | Array,
+    min_weight: float = 1e-4,
+    reduction: str = "mean",
+) -> tuple[Array, dict]:
+  """NNGK loss of a batch whose neighbour centres were gathered already
+  (eq. 3): :func:`nngk` after its look-up, for a centre bank that stays on
+  the host and sends each batch its ``[B, k, D]`` neighbour centres
+  (``config.method.bank_placement = 'host'``).
+
+  Args:
+    embeddings: ``[batch_size, dim]`` current embeddings.
+    labels: ``[batch_size]`` int class labels.
+    centres: ``[batch_size, k, dim]`` each example's stored neighbour centres
+      (constants: no gradient flows into them).
+    centre_labels: ``[batch_size, k]`` their classes.
+    weights: ``[batch_size, k]`` their weights w.
+    mask: ``[batch_size, k]`` bool, real entries other than the example's own
+      centre.
+    sigma, min_weight, reduction: as :func:`nngk`.
+
+  Returns:
+    ``(scalar loss, aux)`` as :func:`nngk`.
+  """
+  if reduction not in ("mean", "sum"):
+    raise ValueError(f"NNGK reduction must be 'mean' or 'sum', got "
+                     f"{reduction!r}.")
   centres = jax.lax.stop_gradient(centres)
   per_example, has_pos = nngk_from_neighbours(
-      embeddings, labels, centres, centre_labels, w, mask, sigma=sigma,
+      embeddings, labels, centres, centre_labels, weights, mask, sigma=sigma,
       min_weight=min_weight)
   count = jnp.sum(has_pos)
   total = jnp.sum(per_example)
   loss = total / jnp.maximum(count, 1) if reduction == "mean" else total
-  at_floor = jnp.sum(mask & (w <= min_weight)) / jnp.maximum(jnp.sum(mask), 1)
+  at_floor = jnp.sum(mask & (weights <= min_weight)) / jnp.maximum(jnp.sum(mask), 1)
   aux = {
       "nngk_no_positive": 1.0 - jnp.mean(has_pos.astype(jnp.float32)),
       "nngk_prob_true": jnp.sum(jnp.where(has_pos, jnp.exp(-per_example), 0.0))

@@ -33,6 +33,10 @@ A *method* (a plain loss, NNGK, Magnet, MIC, DML-DA) is a module that declares
       host side, rebuilt after every refresh: the batch sampler of each
       stream (Magnet's neighbourhoods, MIC's batches by surrogate cluster).
       Default: ``config.sampler`` over the class labels for ``'train'``.
+  ``batch_inputs(cfg, host, rows) -> {name: array}`` (optional)
+      host side, for every batch: arrays looked up in the host state for the
+      batch's training rows, sent with the batch and sharded like it (NNGK's
+      neighbour centres when its bank stays on the host).
   ``sync(cfg, host, device) -> host`` (optional), every ``sync_every(cfg)``
       steps: host state derived from a host copy of the device state
       (Magnet's per-cluster losses for seed sampling). The only transfers of
@@ -189,6 +193,7 @@ class Method:
   update_state: Optional[Callable[..., PyTree]] = None
   updates: Optional[Callable[[Any], tuple[Update, ...]]] = None
   samplers: Optional[Callable[..., Mapping[str, Any]]] = None
+  batch_inputs: Optional[Callable[..., Mapping[str, np.ndarray]]] = None
   sync: Optional[Callable[..., PyTree]] = None
   sync_every: Callable[[Any], int] = _never
   epoch_length: Optional[Callable[..., int]] = None

@@ -64,6 +64,18 @@ Config fields read (``config.method.*``; defaults follow the paper):
   own stored centre: the gap between the two spaces plus the bank's
   staleness.
 * ``bank_batch_size`` (int, default 0): see ``bank_bn``.
+* ``bank_placement`` (str, default 'device'): where the centre bank lives.
+  'device': replicated on every device, an argument of the jitted step,
+  which gathers each batch's neighbours itself; it costs every device
+  ``N (4D + 5k + 4)`` bytes (float32 centres, int32 neighbour lists and
+  labels, a bool mask): 154 MB at N = 60k, D = 512, k = 100. 'host': the
+  bank stays in host memory (the checkpoint's host state) and each batch
+  carries its rows' neighbour centres ``[B, k, D]`` with their labels,
+  indices and mask, sharded like the batch, so a device holds
+  ``(B / devices) (k (4D + 9) + 4D)`` bytes of it per batch, whatever N
+  (host memory, ``N (4D + 5k + 4)``, is the only limit). Both give the
+  same loss; the per-centre weights (``4N`` bytes and their optimiser
+  state) stay replicated parameters either way.
 """
 from __future__ import annotations
 
@@ -105,6 +117,7 @@ class Config:
   reduction: str = "sum"
   bank_bn: str = "batch"
   bank_batch_size: int = 0
+  bank_placement: str = "device"
 
   def __post_init__(self):
     if not 0 < self.sigma < float("inf"):
@@ -117,6 +130,7 @@ class Config:
     base.check_choice("reduction", self.reduction, ("mean", "sum"))
     base.check_choice("bank_bn", self.bank_bn, ("batch", "inference"))
     base.check_positive_int(self, "bank_batch_size", allow_zero=True)
+    base.check_choice("bank_placement", self.bank_placement, ("device", "host"))
 
 
 # ----------------------------------------------------------------------------
@@ -243,20 +257,48 @@ def init_params(cfg: Config, rng: jax.Array, info: base.ModelInfo) -> dict:
 
 def init_state(cfg: Config, info: base.ModelInfo) -> base.MethodState:
   """An all-zero centre bank of the final shapes (``[N, D]`` centres,
-  ``[N, k]`` neighbour lists)."""
+  ``[N, k]`` neighbour lists), on the device or, with ``bank_placement =
+  'host'``, in the host state."""
   n, k = info.num_train, cfg.num_neighbours
   dim = info.feature_dims.get(cfg.feature, info.embedding_dim)
   bank = CentreBank(centres=np.zeros((n, dim), np.float32),
                     labels=np.zeros((n,), np.int32),
                     neighbours=np.zeros((n, k), np.int32),
                     mask=np.zeros((n, k), bool))
+  return _placed(cfg, bank)
+
+
+def _placed(cfg: Config, bank: CentreBank) -> base.MethodState:
+  if cfg.bank_placement == "host":
+    return base.MethodState(host=bank)
   return base.MethodState(device=bank)
+
+
+def _bank(cfg: Config, state: base.MethodState) -> Optional[CentreBank]:
+  bank = state.host if cfg.bank_placement == "host" else state.device
+  return bank if isinstance(bank, CentreBank) else None
 
 
 def refresh(cfg: Config, ctx: base.HostContext,
             state: base.MethodState) -> base.MethodState:
   """Rebuilds the centre bank from the current weights (Section 2.3)."""
-  return base.MethodState(device=_refresh_bank(ctx, cfg, state.device))
+  return _placed(cfg, _refresh_bank(ctx, cfg, _bank(cfg, state)))
+
+
+def batch_inputs(cfg: Config, host: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+  """With ``bank_placement = 'host'``: the batch rows' stored neighbour
+  centres ``[B, k, D]``, their labels, indices (for the weights) and mask
+  (own centre excluded, as :func:`dmlx.losses._nngk.gather_neighbours`),
+  and each row's own centre; nothing with the bank on the device."""
+  if cfg.bank_placement != "host":
+    return {}
+  bank = host
+  nbrs = np.asarray(bank.neighbours)[rows]
+  return {"bank_centres": np.asarray(bank.centres)[nbrs],
+          "bank_labels": np.asarray(bank.labels)[nbrs],
+          "bank_neighbours": nbrs.astype(np.int32),
+          "bank_mask": np.asarray(bank.mask)[rows] & (nbrs != rows[:, None]),
+          "bank_own": np.asarray(bank.centres)[rows]}
 
 
 def refresh_every(cfg: Config) -> int:
@@ -275,10 +317,20 @@ def loss(cfg: Config, params: dict, outputs: Mapping[str, jax.Array],
                      f"{sorted(outputs)}.")
   weights = params["weights"] if cfg.learn_weights else None
   x = outputs[cfg.feature]
-  value, aux = losses.nngk(x, batch["labels"], batch["index"], state, weights,
-                           sigma=cfg.sigma, min_weight=cfg.min_weight,
-                           reduction=cfg.reduction)
-  own = jax.lax.stop_gradient(x) - jnp.asarray(state.centres)[batch["index"]]
+  if cfg.bank_placement == "host":
+    nbrs = batch["bank_neighbours"]
+    w = jnp.ones(nbrs.shape, jnp.float32) if weights is None else weights[nbrs]
+    value, aux = losses.nngk_gathered(
+        x, batch["labels"], batch["bank_centres"], batch["bank_labels"], w,
+        batch["bank_mask"], sigma=cfg.sigma, min_weight=cfg.min_weight,
+        reduction=cfg.reduction)
+    own_centres = batch["bank_own"]
+  else:
+    value, aux = losses.nngk(x, batch["labels"], batch["index"], state, weights,
+                             sigma=cfg.sigma, min_weight=cfg.min_weight,
+                             reduction=cfg.reduction)
+    own_centres = jnp.asarray(state.centres)[batch["index"]]
+  own = jax.lax.stop_gradient(x) - own_centres
   aux["nngk_self_sq_distance"] = jnp.mean(jnp.sum(own * own, axis=-1))
   return value, aux
 
@@ -306,4 +358,4 @@ def evaluate_classifier(ctx: base.EvalContext) -> dict:
 METHOD = base.Method(
     name="nngk", Config=Config, loss=loss, init_params=init_params,
     init_state=init_state, refresh=refresh, refresh_every=refresh_every,
-    evaluators=("nngk_classifier",))
+    batch_inputs=batch_inputs, evaluators=("nngk_classifier",))

@@ -27,6 +27,7 @@ import numpy as np
 from dmlx import eval as dmlx_eval
 from dmlx.methods.base import MethodState
 from dmlx.train import checkpoint as ckpt_lib
+from dmlx.train import distributed
 from dmlx.train import evaluators as evaluators_lib
 from dmlx.train import periodic
 from dmlx.train import preemption
@@ -57,9 +58,12 @@ def _batches(run: run_lib.Run, samplers: dict, step: int, host: Any) -> dict:
   for stream, sampler in samplers.items():
     rows = sampler.batch(step, host)
     rows, labels = rows if isinstance(rows, tuple) else (rows, run.train.labels[rows])
+    extra = {}
+    if run.method.batch_inputs is not None:
+      extra = run.method.batch_inputs(run.method_config, host, np.asarray(rows))
     out[stream] = step_lib.shard_batch(run.mesh, {
         "images": run.train.images[rows], "labels": np.asarray(labels, np.int32),
-        "index": np.asarray(rows, np.int32)})
+        "index": np.asarray(rows, np.int32), **extra})
   return out
 
 
@@ -83,6 +87,9 @@ def refresh(run: run_lib.Run, state, host, step: int):
   ctx = run_lib.host_context(run, state, step)
   old = MethodState(device=jax.device_get(state.method_state), host=host)
   new = run.method.refresh(run.method_config, ctx, old)
+  # Every process refreshed from the same gathered features; process 0's
+  # result is made everyone's, bit for bit (see dmlx.train.distributed).
+  new = distributed.broadcast(new)
   state = state.replace(method_state=step_lib.replicate(run.mesh, new.device))
   seconds = time.time() - t0
   run.log(f"step {step}: {run.method.name} refresh took {seconds:.2f}s")
@@ -184,12 +191,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   run.writer.write(total, evaluators_lib.flatten(final["trained"]), "final/")
   final["seconds"] = time.time() - t_start
   final["train_seconds"] = train_seconds
-  if cfg.eval.report:
+  if cfg.eval.report and distributed.is_main():
     from dmlx.train import figures  # pylint: disable=g-import-not-at-top
     paths = figures.write_run(run, final, evaluated["features"]["test"]["embedding"])
     run.log("figures: " + ", ".join(os.path.basename(p) for p in paths))
   _write_json(os.path.join(workdir, "final_metrics.json"), final)
-  print(report(final, run.test.num_classes), flush=True)
+  if distributed.is_main():
+    print(report(final, run.test.num_classes), flush=True)
   run.checkpointer.close()
   run.writer.close()
   return final
@@ -267,7 +275,10 @@ def _preempt(run, state, host, step: int, meter, signum) -> dict:
 def _write_config(run: run_lib.Run) -> None:
   """``config.json``: the run's config with ``data`` as the run reads it
   (the input normalisation of ``model.pretrained`` resolved), so the run's
-  network can be used (``dmlx.inference``) without the weights file."""
+  network can be used (``dmlx.inference``) without the weights file.
+  Process 0 writes it."""
+  if not distributed.is_main():
+    return
   config = json.loads(run.config.to_json_best_effort())
   config["data"] = json.loads(run.data_config.to_json_best_effort())
   path = os.path.join(run.workdir, "config.json")
@@ -277,7 +288,9 @@ def _write_config(run: run_lib.Run) -> None:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` atomically (a finished run's marker)."""
+  """Writes ``obj`` atomically (a finished run's marker); process 0 only."""
+  if not distributed.is_main():
+    return
   with open(path + ".tmp", "w") as f:
     json.dump(obj, f, indent=2)
   os.replace(path + ".tmp", path)

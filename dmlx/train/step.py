@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dmlx.data import augment
+from dmlx.train import distributed
 from dmlx.methods.base import Method
 from dmlx.train.optim import Optimizer
 from dmlx.train.state import TrainState
@@ -36,26 +37,29 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def shard_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Places a host batch on the mesh, sharded on the leading axis (an
-  explicit transfer).
-
-  On several hosts each process passes its own slice of the global batch
-  (``jax.make_array_from_process_local_data``)."""
+  """Places the *global* host batch on the mesh, sharded on the leading axis
+  (an explicit transfer). With several processes every process passes the
+  same global batch and transfers only the rows of its own devices
+  (:func:`dmlx.train.distributed.global_array`)."""
   sharding = NamedSharding(mesh, P("data"))
   n = mesh.devices.size
   for key, value in batch.items():
-    if value.shape[0] * jax.process_count() % n:
-      raise ValueError(f"Global batch of {value.shape[0] * jax.process_count()}"
-                       f" ({key!r}) is not divisible by {n} devices.")
+    if value.shape[0] % n:
+      raise ValueError(f"Global batch of {value.shape[0]} ({key!r}) is not "
+                       f"divisible by {n} devices.")
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in batch.items()}
+  return {k: distributed.global_array(sharding, v) for k, v in batch.items()}
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
-  """Replicates a pytree on every device of ``mesh``."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Replicates a pytree on every device of ``mesh`` (of every process: each
+  process's copy of ``tree`` must be the same)."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree_util.tree_map(lambda x: distributed.global_array(sharding, x),
+                                distributed.to_host(tree))
 
 
 def make_grad_fn(model, loss_fn: Callable, method_config: Any,
@@ -233,7 +237,7 @@ def extract_features(feature_fn: Callable, variables: Any, images: np.ndarray,
       part = np.concatenate([part, np.repeat(part[-1:], batch_size - valid, 0)])
     out = feature_fn(variables, shard_batch(mesh, {"x": part})["x"],
                      layers=tuple(layers))
-    for k, v in jax.device_get(out).items():
+    for k, v in distributed.to_host(out).items():
       chunks.setdefault(k, []).append(np.asarray(v)[:valid])
   return {k: np.concatenate(v).astype(np.float32) for k, v in chunks.items()}
 
@@ -248,7 +252,7 @@ def _batch_stats_features(feature_fn, variables, images, mesh, batch_size,
   for rows in order[::-1]:        # the first pass of each row is written last
     feats = feature_fn(variables, shard_batch(mesh, {"x": images[rows]})["x"],
                        layers=tuple(layers), batch_stats=True)
-    for k, v in jax.device_get(feats).items():
+    for k, v in distributed.to_host(feats).items():
       if k not in out:
         out[k] = np.zeros((n, v.shape[-1]), np.float32)
       out[k][rows] = np.asarray(v, np.float32)

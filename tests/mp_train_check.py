@@ -1,0 +1,42 @@
+"""Run by test_multi_process.py, as one process of a ``launch/cluster/local.py``
+job or alone: trains a tiny config of a method for a few steps, bank / cluster
+refreshes included, and prints this process's view of the final metrics.
+
+  python tests/mp_train_check.py <method> <workdir> [<stop_after_epochs>]
+"""
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+from dmlx.train import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+distributed.initialize("auto")      # from the launcher's environment
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import tiny_configs  # pylint: disable=wrong-import-position
+from dmlx.train import loop  # pylint: disable=wrong-import-position
+
+
+def main(name: str, workdir: str, stop_after: int = 0) -> None:
+  c = tiny_configs.method_config(name, steps=3, epochs=3)
+  c.eval.metrics = ("recall", "map_r")
+  c.sampler.batch_size = 16
+  c.train.checkpoint_every_steps = 2
+  c.train.stop_after_epochs = stop_after
+  final = loop.train_and_evaluate(c, workdir)
+  print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                    "devices": jax.device_count(),
+                    "stopped": final.get("stopped_at_step"),
+                    "preempted": final.get("preempted_at_step"),
+                    "test": (final.get("trained") or {}).get("test", {}).get("embedding"),
+                    "method": final.get("method") or {}}), flush=True)
+  if "preempted_at_step" in final:
+    sys.exit(75)       # as launch/train.py
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
