@@ -28,11 +28,15 @@ def main(name: str, workdir: str, stop_after: int = 0) -> None:
   c.train.checkpoint_every_steps = 2
   c.train.stop_after_epochs = stop_after
   final = loop.train_and_evaluate(c, workdir)
+  evaluated = None
+  if "trained" in final:     # launch/evaluate.py's path: restore, evaluate
+    evaluated = loop.evaluate_run(c, workdir)["trained"]["test"]["embedding"]
   print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                     "devices": jax.device_count(),
                     "stopped": final.get("stopped_at_step"),
                     "preempted": final.get("preempted_at_step"),
                     "test": (final.get("trained") or {}).get("test", {}).get("embedding"),
+                    "evaluated": evaluated,
                     "method": final.get("method") or {}}), flush=True)
   if "preempted_at_step" in final:
     sys.exit(75)       # as launch/train.py

@@ -134,7 +134,8 @@ def test_two_processes_train_like_one(name, tmp_path):
   """Three epochs of a tiny config, a refresh at each (NNGK's centre bank,
   Magnet's cluster index with its loss cache synced every 4 steps): two
   processes of one device each end with the network of one process on one
-  device over the same global batches, and report the same metrics."""
+  device over the same global batches, and report the same metrics, also
+  when the finished run is restored and evaluated again (``launch/evaluate.py``)."""
   out = _launch([sys.executable, os.path.join(HERE, "mp_train_check.py"), name,
                  str(tmp_path / "two")])
   assert out.returncode == 0, out.stdout[-3000:]
@@ -142,6 +143,7 @@ def test_two_processes_train_like_one(name, tmp_path):
   one = _train_alone(name, tmp_path / "one")
   assert two[0]["processes"] == 2 and one["processes"] == 1
   assert two[0]["test"] == two[1]["test"] and two[0]["method"] == two[1]["method"]
+  assert two[0]["evaluated"] == two[1]["evaluated"] == two[0]["test"]   # launch/evaluate.py
   for key, value in one["test"].items():
     assert two[0]["test"][key] == pytest.approx(value, abs=1e-6), key
   for key, value in one["method"].items():
