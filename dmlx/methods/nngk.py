@@ -90,6 +90,7 @@ import numpy as np
 from dmlx import index as dmlx_index
 from dmlx import losses
 from dmlx.losses import CentreBank
+from dmlx.losses._nngk import gather_neighbours
 from dmlx.methods import base
 from dmlx.methods.nngk_classifier import accuracy
 from dmlx.methods.nngk_classifier import class_log_probs
@@ -292,13 +293,14 @@ def batch_inputs(cfg: Config, host: Any, rows: np.ndarray) -> dict[str, np.ndarr
   and each row's own centre; nothing with the bank on the device."""
   if cfg.bank_placement != "host":
     return {}
-  bank = host
-  nbrs = np.asarray(bank.neighbours)[rows]
-  return {"bank_centres": np.asarray(bank.centres)[nbrs],
-          "bank_labels": np.asarray(bank.labels)[nbrs],
-          "bank_neighbours": nbrs.astype(np.int32),
-          "bank_mask": np.asarray(bank.mask)[rows] & (nbrs != rows[:, None]),
-          "bank_own": np.asarray(bank.centres)[rows]}
+  bank = jax.tree_util.tree_map(np.asarray, host)
+  # The loss's own look-up, in NumPy (the weights are parameters on the
+  # device: they are gathered there, by index).
+  centres, labels, _, mask = gather_neighbours(
+      bank, np.zeros(bank.labels.shape, np.float32), rows)
+  return {"bank_centres": centres, "bank_labels": labels,
+          "bank_neighbours": bank.neighbours[rows].astype(np.int32),
+          "bank_mask": mask, "bank_own": bank.centres[rows]}
 
 
 def refresh_every(cfg: Config) -> int:
