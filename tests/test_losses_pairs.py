@@ -55,6 +55,25 @@ def _ref_npair(x, y, l2_reg):
   return main + l2_reg * np.mean([x[i] @ x[i] for i in range(len(y))])
 
 
+def _ref_npair_one_per_class(x, y, l2_reg):
+  """Sohn's eq. 3: anchor = each class's first example, positive = its second,
+  negatives = the other pairs' positives (as PML's NPairsLoss)."""
+  anchors, positives = [], []
+  for c in dict.fromkeys(y):  # classes in order of first appearance
+    members = [i for i in range(len(y)) if y[i] == c]
+    if len(members) >= 2:
+      anchors.append(members[0])
+      positives.append(members[1])
+  terms = []
+  for i, a in enumerate(anchors):
+    own = x[a] @ x[positives[i]]
+    s = sum(np.exp(x[a] @ x[p] - own) for j, p in enumerate(positives)
+            if j != i)
+    terms.append(np.log(1.0 + s))
+  main = np.mean(terms) if terms else 0.0
+  return main + l2_reg * np.mean([x[i] @ x[i] for i in range(len(y))])
+
+
 def _ref_lifted(x, y, margin):
   total, num_pairs = 0.0, 0
   for i in range(len(y)):
@@ -104,6 +123,36 @@ def test_npair_matches_loops():
   assert 0 <= aux["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("sizes", [
+    (5, 4, 2, 1),           # 3 pairs of 12 examples: the B // 4 table
+    (2, 2, 2, 2, 2, 1, 3),  # 6 pairs of 14: more than B // 4, the B // 2 one
+    (3, 1),                 # one pair: loss 0
+    (1, 1, 1),              # no pair: only the L2 term
+])
+def test_npair_one_per_class_matches_loops(sizes):
+  x, y = _batch(8, sizes=sizes)
+  fn = jit(functools.partial(losses.npair, l2_reg=0.01,
+                             pairs="one_per_class"))
+  loss, aux = fn(x, y)
+  np.testing.assert_allclose(loss, _ref_npair_one_per_class(x, y, 0.01),
+                             rtol=1e-9)
+  np.testing.assert_allclose(aux["npair_loss"],
+                             _ref_npair_one_per_class(x, y, 0.0), rtol=1e-9,
+                             atol=1e-12)
+  assert 0 <= aux["accuracy"] <= 1
+
+
+def test_npair_one_per_class_matches_pml():
+  torch = pytest.importorskip("torch")
+  pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+  x, y = _batch(9, sizes=(4, 4, 4, 4, 4, 4, 4, 4), d=8)
+  x = x / np.linalg.norm(x, axis=1, keepdims=True)  # PML's cosine similarity
+  loss, _ = jit(functools.partial(losses.npair, l2_reg=0.0,
+                                  pairs="one_per_class"))(x, y)
+  ref = pml_losses.NPairsLoss()(torch.from_numpy(x), torch.from_numpy(y))
+  np.testing.assert_allclose(loss, float(ref), rtol=1e-9)
+
+
 def test_lifted_structure_matches_loops():
   for seed, margin in [(2, 1.0), (3, 0.5)]:
     x, y = _batch(seed)
@@ -130,6 +179,7 @@ def test_nca_expected_accuracy_is_mean_probability():
 @pytest.mark.parametrize("fn,hyper", [
     (losses.contrastive, {"neg_margin": 2.0}),
     (losses.npair, {}),
+    (losses.npair, {"pairs": "one_per_class"}),
     (losses.lifted_structure, {}),
     (losses.nca, {}),
 ])
@@ -172,6 +222,8 @@ def test_bad_hyper_parameters():
     losses.contrastive(x, y, neg_margin=-1.0)
   with pytest.raises(ValueError, match="l2_reg"):
     losses.npair(x, y, l2_reg=-0.1)
+  with pytest.raises(ValueError, match="pairs"):
+    losses.npair(x, y, pairs="some")
 
 
 def test_gradient_check_detects_a_wrong_gradient():

@@ -16,9 +16,9 @@ triplet, ...):
 
 DML-DA's own base loss is in :mod:`dmlx.losses._dmlda_contrastive`.
 
-All per-class quantities are computed with a ``[batch, num_classes]`` one-hot
-matrix so shapes are static (``num_classes`` is the number of *training*
-classes); classes absent from the batch are masked out, contribute nothing and
+All per-class quantities are segment sums over ``num_classes`` segments so
+shapes are static (``num_classes`` is the number of *training* classes);
+classes absent from the batch are masked out, contribute nothing and
 receive zero gradient. Labels outside ``[0, num_classes)`` (e.g. ``-1`` for
 padding) are ignored by the density functions. Every function returns
 ``(scalar loss, aux dict of scalars)`` and is finite for any batch
@@ -90,14 +90,16 @@ def class_density(embeddings: Array, labels: Array, num_classes: int, *,
     raise ValueError(f"class_density: num_classes must be >= 1, got "
                      f"{num_classes}.")
   x = l2_normalize(embeddings) if normalize else embeddings
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)   # [B, C]
-  counts = jnp.sum(onehot, axis=0)                              # [C]
-  sums = jnp.matmul(onehot.T, x, precision=_HIGHEST)            # [C, D]
-  centroids = sums / jnp.maximum(counts, 1.0)[:, None]
+  # Segment sums, O(B D): ids outside [0, C) go to segment C, which is
+  # dropped (no [B, C] one-hot products).
+  ids = jnp.where((labels >= 0) & (labels < num_classes), labels,
+                  num_classes)
+  segment_sum = lambda v: jax.ops.segment_sum(v, ids, num_classes)
+  counts = segment_sum(jnp.ones(labels.shape, x.dtype))         # [C]
+  centroids = segment_sum(x) / jnp.maximum(counts, 1.0)[:, None]  # [C, D]
   own = _gather(centroids, labels)
   sq = jnp.sum(jnp.square(x - own), axis=-1)                    # [B]
-  density = jnp.matmul(onehot.T, sq, precision=_HIGHEST)
-  density = density / jnp.maximum(counts, 1.0)
+  density = segment_sum(sq) / jnp.maximum(counts, 1.0)
   return density, counts
 
 
@@ -132,9 +134,11 @@ def density_regularizer(
   function returns eq. (8) as written and the caller adds λ·L_DA. With
   ``correlation=False`` it is eq. (6) alone (the paper's DML-DA⁻).
 
-  The penalty sum over class pairs is computed over batch example pairs with
-  weights 1/|S_c| (exact, ``[batch, batch]``, independent of num_classes), and
-  D^(0) is treated as a constant (``stop_gradient``).
+  The penalty sum over class pairs is a sum over batch example pairs with
+  weights 1/|S_c|, evaluated in O(batch) by Lagrange's identity
+  (Σ_ij w_i w_j (a_j α_i − a_i α_j)² = 2(Σ w a²)(Σ w α²) − 2(Σ w a α)²,
+  exact up to round-off, independent of num_classes), and D^(0) is treated
+  as a constant (``stop_gradient``).
 
   Args:
     embeddings: ``[batch_size, dim]`` embeddings.
@@ -207,9 +211,15 @@ def density_regularizer(
     weight = _gather(present / jnp.maximum(counts, 1.0), labels)  # [B]
     a = _gather(jnp.power(d0, eta), labels)
     al = _gather(alpha, labels)
-    diff = a[None, :] * al[:, None] - a[:, None] * al[None, :]    # [B, B]
-    pair_w = weight[:, None] * weight[None, :]
-    penalty = jnp.sum(pair_w * jnp.square(diff)) * inv_c * inv_c
+    # Lagrange's identity, O(B) instead of the [B, B] pair sum:
+    # sum_ij w_i w_j (a_j al_i - a_i al_j)^2
+    #   = 2 (sum w a^2)(sum w al^2) - 2 (sum w a al)^2  (>= 0; clipped there
+    # against round-off).
+    s_aa = jnp.sum(weight * a * a)
+    s_ll = jnp.sum(weight * al * al)
+    s_al = jnp.sum(weight * a * al)
+    pair_sum = 2.0 * (s_aa * s_ll - jnp.square(s_al))
+    penalty = jnp.maximum(pair_sum, 0.0) * inv_c * inv_c
     loss = loss + penalty
   else:
     penalty = jnp.zeros((), density.dtype)

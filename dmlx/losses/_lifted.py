@@ -54,11 +54,17 @@ def lifted_structure(embeddings: Array, labels: Array, *, margin: float = 1.0
   pos = _distances.positive_mask(labels)
   neg = _distances.negative_mask(labels)
   lse, has_neg = _common.masked_logsumexp(margin - d, neg, axis=1)   # [B]
-  # log(exp(lse_i) + exp(lse_j)) over the members that have negatives.
-  pair_lse = jnp.stack(jnp.broadcast_arrays(lse[:, None], lse[None, :]), -1)
-  pair_has = jnp.stack(
-      jnp.broadcast_arrays(has_neg[:, None], has_neg[None, :]), -1)
-  neg_term, either = _common.masked_logsumexp(pair_lse, pair_has, axis=-1)
+  # log(exp(lse_i) + exp(lse_j)) over the members that have negatives, as
+  # max + log1p(exp(min - max)): elementwise on [B, B] (a log-sum-exp over a
+  # stacked [B, B, 2] axis is several times slower on CPU).
+  li = jnp.where(has_neg, lse, -jnp.inf)
+  hi, hj = li[:, None], li[None, :]
+  either = has_neg[:, None] | has_neg[None, :]
+  both = has_neg[:, None] & has_neg[None, :]
+  high = jnp.where(either, jnp.maximum(hi, hj), 0)
+  gap = jnp.where(both, jnp.minimum(hi, hj) - high, 0)          # <= 0
+  neg_term = jnp.where(
+      either, high + jnp.where(both, jnp.log1p(jnp.exp(gap)), 0), 0)
   j = neg_term + d
   valid = pos & either
   per_pair = jnp.where(valid, jnp.square(jax.nn.relu(j)), 0)

@@ -91,16 +91,20 @@ def magnet_loss(
 
   # Slots: slot j stands for the cluster of example j if j is that cluster's
   # first example in the batch. membership[i, j] = example i is in slot j.
+  # slot[i] = the first example of i's cluster: segment sums over it give
+  # the slot means in O(B D) (no [B, B] x [B, D] membership products).
   same = cluster_ids[:, None] == cluster_ids[None, :]
-  is_slot = ~jnp.any(jnp.tril(same, k=-1), axis=1)
-  membership = (same & is_slot[None, :]).astype(r.dtype)       # [B, B]
-  counts = membership.sum(axis=0)                               # [B]
-  means = (membership.T @ r) / jnp.maximum(counts, 1.0)[:, None]  # [B, D]
+  slot = jnp.argmax(same, axis=1)                               # [B]
+  is_slot = slot == jnp.arange(batch_size)
+  counts = jax.ops.segment_sum(jnp.ones((batch_size,), r.dtype), slot,
+                               num_segments=batch_size)         # [B]
+  means = jax.ops.segment_sum(r, slot, num_segments=batch_size) / (
+      jnp.maximum(counts, 1.0)[:, None])                        # [B, D]
   slot_class = labels
 
   # Own-cluster residuals, computed directly for accuracy (small distances).
-  own_mean = membership @ means                                 # [B, D]
-  own_count = membership @ counts                               # [B]
+  own_mean = means[slot]                                        # [B, D]
+  own_count = counts[slot]                                      # [B]
   residual = r - own_mean
   sigma2 = jnp.sum(residual ** 2) / max(batch_size - 1, 1)
   sigma2 = jnp.maximum(sigma2, eps)

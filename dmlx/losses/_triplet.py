@@ -105,11 +105,21 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   neg = _distances.negative_mask(labels)
   num_valid = jnp.sum(_common.count(pos, 1) * _common.count(neg, 1))
   if soft:
-    # Differentiable branches: the soft loss has no count form.
-    total, num_violating = _common.by_positive_table(
+    # The soft sum has no count form, but its gradient is linear in D given
+    # the weights c_ap = sum_n sigmoid(D_ap - D_an) and g_an = sum_p
+    # sigmoid(D_ap - D_an): the branches return the sum and those weights
+    # without gradient (a differentiated cond would keep the residuals of
+    # both branches, [B, B, B] for the fallback), and the gradient is put
+    # back through sum_ap c_ap D_ap - sum_an g_an D_an, whose value is
+    # added as exactly 0 (D - stop_gradient(D)).
+    d_const = jax.lax.stop_gradient(d)
+    total, num_violating, c, g = _common.by_positive_table(
         pos, max_positives,
         lambda d, index, valid: _soft_table(d, index, valid, neg),
-        lambda d: _soft_all_triplets(d, pos, neg), d)
+        lambda d: _soft_all_triplets(d, pos, neg), d_const)
+    delta = d - d_const
+    total = total + (jnp.sum(jnp.where(pos, c * delta, 0))
+                     - jnp.sum(jnp.where(neg, g * delta, 0)))
     num_active = num_valid
   else:
     # The hinge sum is linear in D given which triplets are active:
@@ -353,17 +363,25 @@ def _hinge_counts_table(d: Array, index: Array, valid: Array, neg: Array,
   return _scatter_rows(d.shape, index, jnp.where(valid, c, 0)), g
 
 
-def _soft_table(d: Array, index: Array, valid: Array,
-                neg: Array) -> tuple[Array, Array]:
-  """Soft batch-all sum and #violations over a ``[B, W, B]`` array."""
+def _soft_table(d: Array, index: Array, valid: Array, neg: Array
+                ) -> tuple[Array, Array, Array, Array]:
+  """Soft batch-all sum, #violations and the gradient weights ``c [B, B]``
+  (per pair a, p) and ``g [B, B]`` (per pair a, n) over a ``[B, W, B]``
+  array (see :func:`_soft_all_triplets`)."""
   x = jnp.take_along_axis(d, index, 1)[:, :, None] - d[:, None, :]
   mask = valid[:, :, None] & neg[:, None, :]
+  slope = jnp.where(mask, jax.nn.sigmoid(x), 0)
   return (jnp.sum(jnp.where(mask, jax.nn.softplus(x), 0)),
-          _common.count(mask & (x > 0)))
+          _common.count(mask & (x > 0)),
+          _scatter_rows(d.shape, index, jnp.sum(slope, axis=-1)),
+          jnp.sum(slope, axis=1))
 
 
-def _soft_all_triplets(d: Array, pos: Array, neg: Array) -> tuple[Array, Array]:
-  """Sum over valid triplets of ``softplus(D_ap - D_an)``, and #violations.
+def _soft_all_triplets(d: Array, pos: Array, neg: Array
+                       ) -> tuple[Array, Array, Array, Array]:
+  """Sum over valid triplets of ``softplus(D_ap - D_an)``, #violations, and
+  the sum's derivatives ``c [B, B] = d sum / d D_ap`` (rows a, columns p)
+  and ``g [B, B] = -d sum / d D_an`` (rows a, columns n).
 
   No closed form exists, so this visits the cube anchor by anchor, a few
   ``[B, B]`` (positive x negative) slices at a time.
@@ -374,9 +392,12 @@ def _soft_all_triplets(d: Array, pos: Array, neg: Array) -> tuple[Array, Array]:
     d_a, pos_a, neg_a = row
     x = d_a[:, None] - d_a[None, :]
     valid = pos_a[:, None] & neg_a[None, :]
+    slope = jnp.where(valid, jax.nn.sigmoid(x), 0)
     return (jnp.sum(jnp.where(valid, jax.nn.softplus(x), 0)),
-            jnp.sum(valid & (x > 0), dtype=jnp.float32))
+            jnp.sum(valid & (x > 0), dtype=jnp.float32),
+            jnp.sum(slope, axis=1), jnp.sum(slope, axis=0))
 
   chunk = max(1, min(b, _SOFT_CHUNK_ELEMENTS // max(b * b, 1)))
-  sums, violations = jax.lax.map(one_anchor, (d, pos, neg), batch_size=chunk)
-  return jnp.sum(sums), jnp.sum(violations)
+  sums, violations, c, g = jax.lax.map(one_anchor, (d, pos, neg),
+                                       batch_size=chunk)
+  return jnp.sum(sums), jnp.sum(violations), c, g
