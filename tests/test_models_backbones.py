@@ -172,6 +172,64 @@ def test_conv_switches_path_on_output_size():
     assert has_conv == expect_conv, (strides, max_size)
 
 
+def test_pointwise_conv_is_a_matmul_unless_disabled():
+  x = jnp.ones((2, 16, 16, 4))
+  for strides, max_size, expect_conv in [(1, 4, False), (2, 4, False),
+                                         (1, 0, True)]:
+    m = layers.Conv(8, 1, strides, padding=0, im2col_max_size=max_size)
+    p = m.init(_key(0), x)
+    has_conv = "conv_general_dilated" in str(jax.make_jaxpr(m.apply)(p, x))
+    assert has_conv == expect_conv, (strides, max_size)
+
+
+@pytest.mark.parametrize("batch,chunk,stride", [(7, 3, 1), (8, 8, 2), (5, 1, 2)])
+def test_sliced_kernel_gradient_equals_xla_gradient(batch, chunk, stride):
+  """xla_conv2d: same output and input gradient as lax, and the kernel
+  gradient summed over batch slices equals the whole-batch one."""
+  x = jax.random.normal(_key(4), (batch, 9, 8, 3))
+  w = jax.random.normal(_key(5), (3, 3, 3, 4))
+  pads = ((1, 1), (0, 2))
+
+  def lax_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def sliced(x, w):
+    return layers.xla_conv2d(x, w, (stride, stride), pads, None, chunk)
+
+  np.testing.assert_allclose(sliced(x, w), lax_conv(x, w), rtol=1e-6)
+  loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
+  got = jax.jit(jax.grad(loss(sliced), argnums=(0, 1)))(x, w)
+  want = jax.jit(jax.grad(loss(lax_conv), argnums=(0, 1)))(x, w)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  jax.test_util.check_grads(sliced, (x, w), order=1, modes=["rev"], eps=1e-2)
+
+
+def test_conv_slices_the_kernel_gradient_on_cpu_only_when_it_helps():
+  assert layers.dw_chunk_images(64, (32, 32)) == 8
+  assert layers.dw_chunk_images(64, (64, 64)) == 2
+  assert layers.dw_chunk_images(4, (2, 2)) == 4      # one slice: plain lax
+  assert layers.dw_chunk_images(64, (200, 200)) == 1
+
+
+def test_max_pool_gradient_matches_reduce_window_without_ties():
+  """The slice-maximum max pool has reduce_window's gradient (no ties in
+  continuous random input), including ceil_mode and padding."""
+  x = jax.random.normal(_key(6), (2, 9, 8, 3))
+  for k, s, p, ceil in [(3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False)]:
+    _, pads = layers._pool_pads(x, k, s, p, ceil)[2:]
+    pads = [(lo, max(hi, 0)) for lo, hi in pads]  # reduce_window's gradient
+    # fails on negative padding (floor mode, rows left unused)
+    ref = lambda x: jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
+        [(0, 0)] + pads + [(0, 0)])
+    ours = lambda x: layers.max_pool(x, k, s, p, ceil)
+    np.testing.assert_array_equal(ours(x), ref(x))
+    g = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+    np.testing.assert_allclose(g(ours), g(ref), rtol=1e-6)
+
+
 def test_conv_bad_padding_raises():
   with pytest.raises(ValueError, match="CIRCULAR"):
     layers.Conv(2, 3, padding="CIRCULAR").init(_key(0),

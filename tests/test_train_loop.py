@@ -208,7 +208,8 @@ def test_cosine_evaluation_of_every_layer():
   assert raw["fc6"] != want
 
 
-@pytest.mark.parametrize("name", ["nngk", pytest.param("magnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["nngk", pytest.param("magnet", marks=pytest.mark.slow),
+                                  pytest.param("mic_authors", marks=pytest.mark.slow)])
 def test_the_train_step_compiles_once_per_run(name, tmp_path, monkeypatch):
   """Two epochs with a refresh (and Magnet's syncs) before each: the
   jitted step is traced and compiled once, never again across steps,

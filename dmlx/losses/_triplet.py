@@ -105,13 +105,10 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   neg = _distances.negative_mask(labels)
   num_valid = jnp.sum(_common.count(pos, 1) * _common.count(neg, 1))
   if soft:
-    # The soft sum has no count form, but its gradient is linear in D given
-    # the weights c_ap = sum_n sigmoid(D_ap - D_an) and g_an = sum_p
-    # sigmoid(D_ap - D_an): the branches return the sum and those weights
-    # without gradient (a differentiated cond would keep the residuals of
-    # both branches, [B, B, B] for the fallback), and the gradient is put
-    # back through sum_ap c_ap D_ap - sum_an g_an D_an, whose value is
-    # added as exactly 0 (D - stop_gradient(D)).
+    # Gradient linear in D given c_ap = sum_n sigmoid(D_ap - D_an), g_an =
+    # sum_p sigmoid(.): the branches run without gradient (a differentiated
+    # cond keeps both branches' [B, B, B] residuals), and the gradient comes
+    # back through sum c D_ap - sum g D_an, added as exactly 0.
     d_const = jax.lax.stop_gradient(d)
     total, num_violating, c, g = _common.by_positive_table(
         pos, max_positives,

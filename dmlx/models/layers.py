@@ -2,11 +2,12 @@
 
 * ``Conv`` is a drop-in for ``flax.linen.Conv`` (2-D, channels last) with the
   same parameters -- ``'kernel'`` ``[kh, kw, c_in, c_out]`` and ``'bias'``
-  ``[c_out]`` -- so checkpoints are interchangeable. When the output feature
-  map is small (both spatial sides <= ``im2col_max_size``, known statically at
-  trace time) it computes the convolution as im2col + one matrix product
-  (``einsum``): XLA:CPU runs ``lax.conv_general_dilated`` on maps of 1x1..4x4
-  at a few GFLOP/s, a matmul at ~70-150 (see ``DEFAULT_IM2COL_MAX_SIZE``).
+  ``[c_out]`` -- so checkpoints are interchangeable. A 1x1 convolution, and
+  any convolution whose output map is small (both spatial sides <=
+  ``im2col_max_size``, known statically at trace time), is computed as im2col
+  + one matrix product (``einsum``): XLA:CPU runs ``lax.conv_general_dilated``
+  on maps of 1x1..4x4 at a few GFLOP/s and 1x1 convolutions (forward and
+  backward) at 9-32, a matmul at ~35-60 (see ``DEFAULT_IM2COL_MAX_SIZE``).
 * ``batch_norm`` builds an ``nn.BatchNorm`` whose statistics are frozen when
   asked ("freeze BatchNorm statistics", as DML papers fine-tuning ImageNet
   models do); statistics live in the ``'batch_stats'`` collection.
@@ -24,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dmlx.models.conv_grad import dw_chunk_images, lax_conv, xla_conv2d  # pylint: disable=unused-import
+
 Array = jax.Array
 Dtype = Any
 PaddingLike = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
@@ -38,7 +41,17 @@ PaddingLike = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
 #   1x1 convs: im2col (= a plain matmul) is 1-1.7x faster at every size <= 8.
 # Outputs <= 3x3 are where lax.conv is reliably slower (up to 45x); at 4x4 the
 # two are within noise of each other, so the default stops at 3.
-DEFAULT_IM2COL_MAX_SIZE = 3
+# Measured again for ResNet-50 at 128 px (batch 8, one thread, fwd+bwd, ms,
+# lax / im2col): every 1x1 conv is 1.6-4.1x faster as a matmul (256->64 @32:
+# 64 / 15; 64->256 @32: 86 / 23; 1024->256 @8: 26 / 15; stride 2 512->1024:
+# 61 / 27), so 1x1 convs always take the matmul path; 3x3 convs on 32x32
+# maps are faster with lax (55 / 86), even at 8x8 (42 / 42), faster as im2col
+# at 4x4 (67 / 40); the 7x7 stem is faster with lax (96 / 187). With the
+# sliced kernel gradient of ``xla_conv2d`` (below), 3x3 convs on 4x4 maps at
+# batch 32, 512 channels: lax 253 / im2col 120; 256 channels, batch 64: 92 /
+# 87; on 8x8 maps the two trade places with the channel count (128: 83 / 110,
+# 256: 178 / 141), so the default now stops at 4.
+DEFAULT_IM2COL_MAX_SIZE = 4
 
 POOLINGS = ("avg", "max")
 
@@ -132,9 +145,13 @@ class Conv(nn.Module):
 
   Same attributes (the subset the backbones use), parameter names, shapes and
   initialisers as ``nn.Conv``; the output is the same convolution whichever
-  path runs. The im2col path is taken when both *output* spatial sides are
-  ``<= im2col_max_size`` (0 disables it), which covers the slow XLA:CPU cases
-  (stride-1 convs on tiny maps and stride-2 convs into them).
+  path runs. The im2col path is taken for every 1x1 convolution (it is then
+  one plain matrix product) and when both *output* spatial sides are
+  ``<= im2col_max_size``, which covers the slow XLA:CPU cases (stride-1 convs
+  on tiny maps and stride-2 convs into them). ``im2col_max_size=0`` disables
+  the path: ``lax.conv_general_dilated`` everywhere. On XLA:CPU the kernel
+  gradient of a ``lax`` convolution is summed over slices of the batch
+  (:func:`xla_conv2d`); other backends use XLA's own gradient.
   """
   features: int
   kernel_size: int | Sequence[int] = 3
@@ -170,13 +187,17 @@ class Conv(nn.Module):
     if min(out_size) < 1:
       raise ValueError(f"Conv kernel {kernel_size} with padding {padding} "
                        f"does not fit input of spatial size {in_size}")
-    if max(out_size) <= self.im2col_max_size:
+    pointwise = kernel_size == (1, 1)
+    if self.im2col_max_size > 0 and (pointwise
+                                     or max(out_size) <= self.im2col_max_size):
       y = im2col_conv2d(x, kernel, strides, padding, self.precision)
     else:
-      y = lax.conv_general_dilated(
-          x, kernel, strides, padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-          precision=self.precision)
+      chunk = dw_chunk_images(x.shape[0], out_size)
+      if jax.default_backend() == "cpu" and chunk < x.shape[0]:
+        y = xla_conv2d(x, kernel, strides, tuple(map(tuple, padding)),
+                       self.precision, chunk)
+      else:
+        y = lax_conv(x, kernel, strides, padding, self.precision)
     if bias is not None:
       y = y + bias
     return y.reshape(batch_shape + y.shape[1:])
@@ -233,6 +254,23 @@ def _pool_pads(x: Array, window, stride, padding, ceil_mode):
   return window, stride, padding, pads
 
 
+def _window_taps(x: Array, window: tuple[int, int], stride: tuple[int, int],
+                 pads: list[tuple[int, int]], fill: float) -> list[Array]:
+  """The ``window[0] * window[1]`` strided slices of ``x`` padded with
+  ``fill``: tap ``(u, v)`` holds ``x_pad[:, i*s0 + u, j*s1 + v, :]`` at output
+  ``(i, j)``."""
+  # A negative ``hi`` (floor mode leaving input rows unused) pads nothing:
+  # the output size below is the same.
+  pads = [(lo, max(hi, 0)) for lo, hi in pads]
+  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [pads[0], pads[1], (0, 0)],
+               constant_values=fill)
+  h, w = xp.shape[-3], xp.shape[-2]
+  ho, wo = (h - window[0]) // stride[0] + 1, (w - window[1]) // stride[1] + 1
+  return [xp[..., u:u + (ho - 1) * stride[0] + 1:stride[0],
+             v:v + (wo - 1) * stride[1] + 1:stride[1], :]
+          for u in range(window[0]) for v in range(window[1])]
+
+
 def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
              padding: int | Sequence[int] = 0, ceil_mode: bool = False
              ) -> Array:
@@ -240,13 +278,21 @@ def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
 
   ``padding`` is symmetric (padded with -inf); ``ceil_mode`` rounds the output
   size up as Caffe and ``torch.nn.MaxPool2d(ceil_mode=True)`` do.
+
+  Computed as the elementwise maximum of the window's strided slices, not
+  ``lax.reduce_window``: the same values, and a backward pass of selects
+  instead of XLA's ``select_and_scatter``, which XLA:CPU runs 7-17x slower
+  (measured fwd+bwd, one thread: 2x2/2 on [64, 32, 32, 32] 73 ms -> 4 ms,
+  3x3/2 on [8, 64, 64, 64] 123 -> 17 ms). Where several inputs of a window
+  tie for the maximum the gradient is shared among them (a subgradient,
+  summing to the same total) instead of going to one of them.
   """
   window, stride, _, pads = _pool_pads(x, window, stride, padding, ceil_mode)
-  # A Python-scalar identity lets JAX recognise the max monoid (and so
-  # differentiate it); a jnp array init would not be recognised.
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,),
-                           (1,) + stride + (1,),
-                           [(0, 0)] + pads + [(0, 0)])
+  taps = _window_taps(x, window, stride, pads, -jnp.inf)
+  out = taps[0]
+  for tap in taps[1:]:
+    out = jnp.maximum(out, tap)
+  return out
 
 
 def avg_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
@@ -259,9 +305,10 @@ def avg_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
   """
   window, stride, padding, pads = _pool_pads(x, window, stride, padding,
                                              ceil_mode)
-  full = [(0, 0)] + pads + [(0, 0)]
-  total = lax.reduce_window(x, 0.0, lax.add,
-                            (1,) + window + (1,), (1,) + stride + (1,), full)
+  taps = _window_taps(x, window, stride, pads, 0.0)  # see max_pool
+  total = taps[0]
+  for tap in taps[1:]:
+    total = total + tap
   counts = []
   for a in range(2):  # the divisor is separable: a product of per-axis counts
     size, out = x.shape[-3 + a], total.shape[-3 + a]
