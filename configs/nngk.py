@@ -109,7 +109,7 @@ def method(c: ConfigDict, *, sigma: float, num_neighbours: int = 100,
   loss's BatchNorm mode; random batches."""
   common.set_method(c, "nngk", sigma=float(sigma), num_neighbours=num_neighbours,
                     update_interval=update_interval, learn_weights=learn_weights,
-                    min_weight=1e-4, index_type="flat", feature="embedding",
+                    min_weight=1e-4, index_type="auto", feature="embedding",
                     reduction="sum", bank_bn=bank_bn)
   c.sampler.name = "random"                     # NNGK needs no P×K batches
   c.model.normalise = False                     # kernels on raw distances

@@ -200,3 +200,43 @@ def test_kmeans_plus_plus_with_only_duplicates_left():
   x = np.array([[0.0], [0.0], [0.0], [1.0]], np.float32)
   seeds = index.kmeans_plus_plus(x, 3, seed=0)
   assert sorted(seeds[:, 0].tolist()) == [0.0, 0.0, 1.0]
+
+
+# ------------------------------------------------- the bank among itself
+
+
+def _clustered(n=3000, d=16, classes=40, noise=0.2, seed=0):
+  rng = np.random.default_rng(seed)
+  means = rng.normal(size=(classes, d))
+  return (means[rng.integers(0, classes, n)]
+          + noise * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_ivf_join_finds_the_exact_neighbours_of_clustered_points():
+  from dmlx.index import self_join
+  x = _clustered()
+  dist, idx = index.knn(x, None, 10, exclude_self=True,
+                             index_type="ivf_join", nprobe=4)
+  exact_d, exact_i = index.knn(x, None, 10, exclude_self=True)
+  assert index.measure_recall(idx, exact_i) >= 0.95
+  assert not np.any(idx == np.arange(len(x))[:, None])      # never itself
+  # The distances are the true squared distances of the ids, nearest first.
+  true = np.sum((x[:, None, :] - x[idx]) ** 2, axis=-1)
+  np.testing.assert_allclose(dist, true, rtol=1e-3, atol=1e-3)
+  assert np.all(np.diff(dist, axis=1) >= -1e-4)
+  with pytest.raises(ValueError, match="nlist=4000"):
+    self_join.self_knn_cells(x, 5, nlist=4000)
+  with pytest.raises(ValueError, match="database=None"):
+    index.knn(x, x, 5, index_type="ivf_join")
+
+
+def test_checked_join_falls_back_to_exact_search_without_cluster_structure():
+  from dmlx.index import self_join
+  x = _clustered()
+  _, _, info = self_join.self_knn_checked(x, 10, min_recall=0.95)
+  assert info["search"] == "ivf_join" and info["recall"] >= 0.95
+  noise = np.random.default_rng(1).normal(size=(3000, 64)).astype(np.float32)
+  dist, idx, info = self_join.self_knn_checked(noise, 10, min_recall=0.95)
+  assert info["search"] == "flat" and max(info["tried"].values()) < 0.95
+  exact_d, exact_i = index.knn(noise, None, 10, exclude_self=True)
+  np.testing.assert_array_equal(idx, exact_i)

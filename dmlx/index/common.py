@@ -8,7 +8,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-IndexType = Literal["flat", "hnsw", "ivf"]
+IndexType = Literal["flat", "hnsw", "ivf", "ivf_join"]
 Metric = Literal["l2", "ip"]
 UseGpu = bool | Literal["auto"]
 

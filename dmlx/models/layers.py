@@ -149,9 +149,9 @@ class Conv(nn.Module):
   one plain matrix product) and when both *output* spatial sides are
   ``<= im2col_max_size``, which covers the slow XLA:CPU cases (stride-1 convs
   on tiny maps and stride-2 convs into them). ``im2col_max_size=0`` disables
-  the path: ``lax.conv_general_dilated`` everywhere. On XLA:CPU the kernel
-  gradient of a ``lax`` convolution is summed over slices of the batch
-  (:func:`xla_conv2d`); other backends use XLA's own gradient.
+  the path: ``lax.conv_general_dilated`` everywhere. On a single XLA:CPU
+  device the kernel gradient of a ``lax`` convolution is summed over slices
+  of the batch (:func:`xla_conv2d`); elsewhere XLA's own gradient is used.
   """
   features: int
   kernel_size: int | Sequence[int] = 3
@@ -193,7 +193,10 @@ class Conv(nn.Module):
       y = im2col_conv2d(x, kernel, strides, padding, self.precision)
     else:
       chunk = dw_chunk_images(x.shape[0], out_size)
-      if jax.default_backend() == "cpu" and chunk < x.shape[0]:
+      # One CPU device only: slicing a batch sharded over devices would
+      # move rows between them (simulated CPU meshes, gloo processes).
+      if (jax.default_backend() == "cpu" and jax.device_count() == 1
+          and chunk < x.shape[0]):
         y = xla_conv2d(x, kernel, strides, tuple(map(tuple, padding)),
                        self.precision, chunk)
       else:
