@@ -42,9 +42,9 @@ Config fields read (``config.method.*``; defaults follow the paper):
 * ``index_type`` (str, default 'auto'): the refresh's k-NN search: 'flat'
   (exact), 'hnsw' or 'ivf' (approximate FAISS indexes; the paper uses the
   FANNG graph), 'ivf_join' (the bank among itself by IVF cell blocks,
-  :func:`dmlx.index.self_join.self_knn_cells`: 60k x 512, k = 100 in 3.3 s
+  :func:`dmlx.index.self_join.self_knn_cells`: 60k x 512, k = 100 in 2.6 s
   on 2 cores at recall 0.999 on clustered data, where exact search takes
-  48 s -- but 0.40 on Tiny ImageNet features, see ``docs/speed.md``), or
+  42 s -- but 0.40 on Tiny ImageNet features, see ``docs/speed.md``), or
   'auto': 'flat' up to N = 20,000 centres; above, the cell join kept only
   when its recall, measured on 256 rows each refresh, is >= 0.95 (nprobe 4,
   then 8), exact search otherwise. The eq. 3 classifier searches
