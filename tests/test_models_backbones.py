@@ -211,6 +211,7 @@ def test_conv_slices_the_kernel_gradient_on_cpu_only_when_it_helps():
   assert layers.dw_chunk_images(64, (64, 64)) == 2
   assert layers.dw_chunk_images(4, (2, 2)) == 4      # one slice: plain lax
   assert layers.dw_chunk_images(64, (200, 200)) == 1
+  assert layers.dw_chunk_images(16, (12, 12)) == 16   # small: XLA's own
 
 
 def test_max_pool_gradient_matches_reduce_window_without_ties():

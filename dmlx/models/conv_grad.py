@@ -29,8 +29,13 @@ def lax_conv(x: Array, kernel: Array, strides, padding, precision) -> Array:
 
 
 def dw_chunk_images(batch: int, out_size: Sequence[int]) -> int:
-  """Images per batch slice of :func:`xla_conv2d`'s kernel gradient."""
+  """Images per batch slice of :func:`xla_conv2d`'s kernel gradient: the
+  whole batch (no slicing, XLA's own gradient) when it has at most
+  ``DW_CHUNK_POSITIONS`` output positions, where slicing gains nothing and
+  small runs keep the exact numerics of multi-device runs."""
   per_image = max(1, int(out_size[0]) * int(out_size[1]))
+  if batch * per_image <= DW_CHUNK_POSITIONS:
+    return int(batch)
   return int(max(1, min(DW_CHUNK_MAX_IMAGES, DW_CHUNK_POSITIONS // per_image,
                         batch)))
 
