@@ -54,3 +54,19 @@ def _resolve_gpu(use_gpu: UseGpu) -> bool:
   if use_gpu is False:
     return False
   raise ValueError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}.")
+
+
+def drop_own(distances: np.ndarray, indices: np.ndarray, own: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Removes each row's own id from its ``[b, k + 1]`` neighbour list.
+
+  ``own`` is ``[b]``: row i's own database id. When it is not among the
+  k + 1 found (more than k exact duplicates, or an approximate search that
+  missed it) the (k+1)-th neighbour is dropped instead. Returns ``[b, k]``
+  arrays, nearest first.
+  """
+  drop = indices == np.asarray(own)[:, None]
+  drop[~drop.any(axis=1), -1] = True
+  keep = ~drop
+  b, m = indices.shape[0], indices.shape[1] - 1
+  return distances[keep].reshape(b, m), indices[keep].reshape(b, m)

@@ -12,7 +12,7 @@ import numpy as np
 from dmlx.index import self_join
 from dmlx.index.common import (IndexType, Metric, UseGpu, _INDEX_TYPES,
                                _METRICS, _as_matrix, _check_choice,
-                               _check_positive, _resolve_gpu)
+                               _check_positive, _resolve_gpu, drop_own)
 
 
 def build_index(
@@ -142,12 +142,8 @@ def search_batches(
     batch = queries[start:start + batch_size]
     distances, indices = index.search(batch, k_search)
     if exclude_self:
-      own = np.arange(start, start + len(batch))[:, None]
-      drop = indices == own
-      drop[~drop.any(axis=1), -1] = True
-      keep = ~drop
-      distances = distances[keep].reshape(len(batch), k)
-      indices = indices[keep].reshape(len(batch), k)
+      distances, indices = drop_own(distances, indices,
+                                    np.arange(start, start + len(batch)))
     distances[indices < 0] = worst
     yield start, distances, indices
 

@@ -22,7 +22,55 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from dmlx.index.common import _as_matrix, _check_positive
+from dmlx.index.common import _as_matrix, _check_positive, drop_own
+
+
+def _cells(x: np.ndarray, nlist: int, nprobe: int, points_per_cell: int,
+           niter: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """K-means cells of ``x``: ``(order, starts, probed)`` -- the rows sorted
+  by cell (cell c is ``order[starts[c]:starts[c + 1]]``) and each cell's
+  ``nprobe`` nearest cells by centroid, its own first (so a smaller nprobe
+  is a prefix of the columns)."""
+  km = faiss.Kmeans(x.shape[1], int(nlist), niter=int(niter), seed=int(seed),
+                    max_points_per_centroid=int(points_per_cell),
+                    min_points_per_centroid=1, verbose=False)
+  km.train(x)
+  _, assign = km.index.search(x, 1)
+  assign = assign[:, 0]
+  _, probed = km.index.search(km.centroids, nprobe)
+  order = np.argsort(assign, kind="stable")
+  starts = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))])
+  return order, starts, probed
+
+
+def _join(x: np.ndarray, k: int, order: np.ndarray, starts: np.ndarray,
+          probed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each cell's members searched exactly among its probed cells' members."""
+  n = x.shape[0]
+  dist = np.full((n, k), np.inf, np.float32)
+  idx = np.full((n, k), -1, np.int64)
+  for cell in range(len(starts) - 1):
+    rows = order[starts[cell]:starts[cell + 1]]
+    if not len(rows):
+      continue
+    cand = np.concatenate([order[starts[j]:starts[j + 1]]
+                           for j in probed[cell] if j >= 0])
+    kk = min(k + 1, len(cand))
+    dd, ii = faiss.knn(x[rows], x[cand], kk)
+    dd, found = drop_own(dd, cand[ii], rows)
+    dist[rows, :kk - 1] = dd[:, :k]
+    idx[rows, :kk - 1] = found[:, :k]
+  return dist, idx
+
+
+def _check_nlist(nlist: int | None, n: int) -> int:
+  if nlist is None:
+    nlist = max(1, int(round(np.sqrt(n))))
+  _check_positive(nlist, "nlist")
+  if nlist > n:
+    raise ValueError(f"nlist={nlist} cells need at least as many rows, got "
+                     f"N={n}.")
+  return int(nlist)
 
 
 def self_knn_cells(
@@ -52,47 +100,14 @@ def self_knn_cells(
     distance ``+inf``.
   """
   x = _as_matrix(x, "x")
-  n, d = x.shape
   _check_positive(k, "k")
   _check_positive(nprobe, "nprobe")
   _check_positive(points_per_cell, "points_per_cell")
   _check_positive(niter, "niter")
-  if nlist is None:
-    nlist = max(1, int(round(np.sqrt(n))))
-  _check_positive(nlist, "nlist")
-  if nlist > n:
-    raise ValueError(f"nlist={nlist} cells need at least as many rows, got "
-                     f"N={n}.")
-  nprobe = min(int(nprobe), int(nlist))
-  km = faiss.Kmeans(d, int(nlist), niter=int(niter), seed=int(seed),
-                    max_points_per_centroid=int(points_per_cell),
-                    min_points_per_centroid=1, verbose=False)
-  km.train(x)
-  _, assign = km.index.search(x, 1)
-  assign = assign[:, 0]
-  _, probed = km.index.search(km.centroids, nprobe)  # own cell first
-  order = np.argsort(assign, kind="stable")
-  starts = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))])
-  dist = np.full((n, k), np.inf, np.float32)
-  idx = np.full((n, k), -1, np.int64)
-  for cell in range(nlist):
-    rows = order[starts[cell]:starts[cell + 1]]
-    if not len(rows):
-      continue
-    cand = np.concatenate([order[starts[j]:starts[j + 1]]
-                           for j in probed[cell] if j >= 0])
-    kk = min(k + 1, len(cand))
-    dd, ii = faiss.knn(x[rows], x[cand], kk)
-    found = cand[ii]
-    # Drop each row's own entry (or, when it is not among the kk found --
-    # exact duplicates -- the farthest one).
-    drop = found == rows[:, None]
-    drop[~drop.any(axis=1), -1] = True
-    keep = ~drop
-    m = kk - 1
-    dist[rows, :m] = dd[keep].reshape(len(rows), m)[:, :k]
-    idx[rows, :m] = found[keep].reshape(len(rows), m)[:, :k]
-  return dist, idx
+  nlist = _check_nlist(nlist, x.shape[0])
+  cells = _cells(x, nlist, min(int(nprobe), nlist), points_per_cell, niter,
+                 seed)
+  return _join(x, int(k), *cells)
 
 
 def self_knn_checked(
@@ -107,11 +122,11 @@ def self_knn_checked(
   """:func:`self_knn_cells` with a measured recall, exact search otherwise.
 
   The exact k nearest others of ``sample`` random rows are found by brute
-  force (``sample x N x D`` work, a small fraction of the join); each
-  ``nprobe`` of ``nprobes`` is tried in turn and the first whose recall on
-  those rows reaches ``min_recall`` is kept. When none does (embeddings
-  without cluster structure: on Tiny ImageNet features the join reached
-  0.40 at nprobe 4), every row is searched exactly.
+  force (``sample x N x D`` work, a small fraction of the join); the cells
+  are made once and each ``nprobe`` of ``nprobes`` is tried in turn, the
+  first whose recall on those rows reaches ``min_recall`` kept. When none
+  does (embeddings without cluster structure: on Tiny ImageNet features the
+  join reached 0.40 at nprobe 4), every row is searched exactly.
 
   Returns:
     ``(sq_distances, indices, info)`` as :func:`self_knn_cells`, ``info``
@@ -122,12 +137,14 @@ def self_knn_checked(
   n = x.shape[0]
   rng = np.random.default_rng(seed)
   rows = np.sort(rng.choice(n, min(int(sample), n), replace=False))
-  _, exact = faiss.knn(x[rows], x, min(k + 1, n))
-  exact = np.stack([np.concatenate([e[e != r], np.full(1, -1)])[:k]
-                    for r, e in zip(rows, exact)])
+  dd, exact = faiss.knn(x[rows], x, min(k + 1, n))
+  _, exact = drop_own(dd, exact, rows)
+  nlist = _check_nlist(None, n)
+  order, starts, probed = _cells(x, nlist, min(max(nprobes), nlist), 64, 10,
+                                 seed)
   tried = {}
   for nprobe in nprobes:
-    dist, idx = self_knn_cells(x, k, nprobe=nprobe, seed=seed)
+    dist, idx = _join(x, int(k), order, starts, probed[:, :nprobe])
     recall = search.measure_recall(idx[rows], exact)
     tried[int(nprobe)] = round(float(recall), 4)
     if recall >= min_recall:

@@ -2,7 +2,7 @@
 
 :func:`xla_conv2d` is ``lax.conv_general_dilated`` (NHWC, HWIO) with a custom
 VJP whose kernel gradient is a sum over slices of the batch;
-:class:`dmlx.models.layers.Conv` uses it on the CPU backend.
+:class:`dmlx.models.layers.Conv` uses it on a single CPU device.
 """
 from __future__ import annotations
 

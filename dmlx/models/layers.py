@@ -2,12 +2,13 @@
 
 * ``Conv`` is a drop-in for ``flax.linen.Conv`` (2-D, channels last) with the
   same parameters -- ``'kernel'`` ``[kh, kw, c_in, c_out]`` and ``'bias'``
-  ``[c_out]`` -- so checkpoints are interchangeable. A 1x1 convolution, and
-  any convolution whose output map is small (both spatial sides <=
-  ``im2col_max_size``, known statically at trace time), is computed as im2col
-  + one matrix product (``einsum``): XLA:CPU runs ``lax.conv_general_dilated``
-  on maps of 1x1..4x4 at a few GFLOP/s and 1x1 convolutions (forward and
-  backward) at 9-32, a matmul at ~35-60 (see ``DEFAULT_IM2COL_MAX_SIZE``).
+  ``[c_out]`` -- so checkpoints are interchangeable. A 1x1 convolution is one
+  2-D matrix product, and a convolution whose output map is small (both
+  spatial sides <= ``im2col_max_size``, known statically at trace time) is
+  im2col + one matrix product (``einsum``): XLA:CPU runs
+  ``lax.conv_general_dilated`` on maps of 1x1..4x4 at a few GFLOP/s and 1x1
+  convolutions (forward and backward) at 9-32, a matmul at ~35-60 (see
+  ``DEFAULT_IM2COL_MAX_SIZE``).
 * ``batch_norm`` builds an ``nn.BatchNorm`` whose statistics are frozen when
   asked ("freeze BatchNorm statistics", as DML papers fine-tuning ImageNet
   models do); statistics live in the ``'batch_stats'`` collection.
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dmlx.models.conv_grad import dw_chunk_images, lax_conv, xla_conv2d  # pylint: disable=unused-import
+from dmlx.models.conv_grad import dw_chunk_images, lax_conv, xla_conv2d
 
 Array = jax.Array
 Dtype = Any
@@ -164,11 +165,12 @@ class Conv(nn.Module):
 
   Same attributes (the subset the backbones use), parameter names, shapes and
   initialisers as ``nn.Conv``; the output is the same convolution whichever
-  path runs. The im2col path is taken for every 1x1 convolution (it is then
-  one plain matrix product) and when both *output* spatial sides are
-  ``<= im2col_max_size``, which covers the slow XLA:CPU cases (stride-1 convs
-  on tiny maps and stride-2 convs into them). ``im2col_max_size=0`` disables
-  the path: ``lax.conv_general_dilated`` everywhere. On a single XLA:CPU
+  path runs. Every 1x1 convolution is one matrix product
+  (:func:`pointwise_conv2d`); the im2col path is taken when both *output*
+  spatial sides are ``<= im2col_max_size``, which covers the slow XLA:CPU
+  cases (stride-1 convs on tiny maps and stride-2 convs into them).
+  ``im2col_max_size=0`` disables both: ``lax.conv_general_dilated``
+  everywhere. On a single XLA:CPU
   device the kernel gradient of a ``lax`` convolution is summed over slices
   of the batch (:func:`xla_conv2d`); elsewhere XLA's own gradient is used.
   """
@@ -214,8 +216,7 @@ class Conv(nn.Module):
       chunk = dw_chunk_images(x.shape[0], out_size)
       # One CPU device only: slicing a batch sharded over devices would
       # move rows between them (simulated CPU meshes, gloo processes).
-      if (jax.default_backend() == "cpu" and jax.device_count() == 1
-          and chunk < x.shape[0]):
+      if _single_cpu_device() and chunk < x.shape[0]:
         y = xla_conv2d(x, kernel, strides, tuple(map(tuple, padding)),
                        self.precision, chunk)
       else:
@@ -337,7 +338,9 @@ def avg_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
   """
   window, stride, padding, pads = _pool_pads(x, window, stride, padding,
                                              ceil_mode)
-  taps = _window_taps(x, window, stride, pads, 0.0)  # see max_pool
+  # The sum of the window's strided slices (see max_pool), on every backend:
+  # a sum has no ties, so one and several devices agree up to rounding.
+  taps = _window_taps(x, window, stride, pads, 0.0)
   total = taps[0]
   for tap in taps[1:]:
     total = total + tap

@@ -172,8 +172,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       stop=periodic.Every(epochs=cfg.train.stop_after_epochs, steps_per_epoch=spe))
 
   # ---- The step loop ------------------------------------------------------------
-  train_step = jax.jit(step_lib.make_train_step(run.model, method, mcfg, run.optimizer,
-                                                run.data_config), donate_argnums=(0,))
+  train_step = run_lib.jit_train_step(run)
   meter = Meter(run, start)
   t_train = time.time()
   with preemption.Preemption() as preempted:

@@ -155,6 +155,14 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
              checkpointer=ckpt_lib.Checkpointer(workdir, config.train.max_checkpoints))
 
 
+def jit_train_step(run: Run) -> Callable:
+  """The run's jitted train step, ``step(state, batches) -> (state,
+  metrics)``, the state donated (what the loop and the benchmarks run)."""
+  return jax.jit(step_lib.make_train_step(run.model, run.method, run.method_config,
+                                          run.optimizer, run.data_config),
+                 donate_argnums=(0,))
+
+
 def _initial(run: Run) -> tuple[Any, Any, Any, jax.Array]:
   """A new run's ``(params, batch_stats, opt_state, rng)``."""
   config = run.config
