@@ -52,6 +52,9 @@ Usage::
   python benchmarks/losses.py --no-pml --no-variants   # dmlx rows only
 
 On a shared machine pin it to one core (``taskset -c 1 python ...``).
+``--host-memory`` is :mod:`dmlx.host_memory`'s mode (default ``auto``, as the
+launchers: freed memory kept in the process on CPU; ``system`` for glibc's
+defaults, under which every call page-faults its B x B temporaries in again).
 """
 from __future__ import annotations
 
@@ -104,6 +107,10 @@ def _parse_args(argv):
   parser.add_argument("--pml-lifted-max-batch", type=int, default=256,
                       help="PML's LiftedStructureLoss builds |P| x |N| "
                       "matrices (13 s a call at B=256): skipped above this")
+  parser.add_argument("--host-memory", default="auto",
+                      choices=("auto", "keep", "system"),
+                      help="dmlx.host_memory mode, as the launchers' "
+                      "--host_memory (auto: keep on CPU)")
   parser.add_argument("--out", default=str(
       _ROOT / "benchmarks" / "results" / "losses.json"))
   args = parser.parse_args(argv)
@@ -531,6 +538,8 @@ def main(argv=None):
   args = _parse_args(argv)
   _configure_threads(args.threads)
   sys.path.insert(0, str(_ROOT))
+  from dmlx import host_memory
+  host_memory_mode = host_memory.configure(args.host_memory)  # before jax runs
   import jax
   from dmlx import losses
 
@@ -557,7 +566,8 @@ def main(argv=None):
   print(f"roofline: matmul {rates['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
         f"({rates['matmul_probe']}), memory "
         f"{rates['bytes_per_s'] / 1e9:.2f} GB/s ({rates['bandwidth_probe']}), "
-        f"empty jitted call {rates['call_overhead_ms'] * 1e3:.0f} us")
+        f"empty jitted call {rates['call_overhead_ms'] * 1e3:.0f} us; "
+        f"host memory: {host_memory_mode}")
   rows = []
   header = (f"{'loss':42s} {'B':>5s} {'D':>4s} {'dmlx ms':>9s} "
             f"{'PML ms':>9s} {'ratio':>6s} {'cpu ratio':>9s} "
@@ -624,6 +634,7 @@ def main(argv=None):
   out.parent.mkdir(parents=True, exist_ok=True)
   meta = {"jax": jax.__version__, "backend": jax.default_backend(),
           "threads": args.threads, "xla_flags": os.environ.get("XLA_FLAGS"),
+          "host_memory": host_memory_mode,
           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
           "repeats": args.repeats, "budget_s": args.budget_s,
           "quick": args.quick, "pml": pml, "roofline": rates,

@@ -28,6 +28,11 @@ Threads: each setting runs in its own process pinned to that many cores
   python benchmarks/train_step.py                         # every net, 1 and 2 threads
   python benchmarks/train_step.py --nets=resnet18 --threads=1 --steps=5
   python benchmarks/train_step.py --quick                 # small CNN + ResNet-18
+  python benchmarks/train_step.py --host-memory=keep,system   # both malloc modes
+
+``--host-memory`` is :mod:`dmlx.host_memory`'s mode in the child (default
+``auto``, as ``launch/train.py``: freed memory kept in the process on CPU).
+It is process-wide, so the PyTorch side runs under the same mode.
 
 Writes ``benchmarks/results/train_step.json``.
 """
@@ -70,6 +75,10 @@ def _parse(argv=None):
   p.add_argument("--quick", action="store_true",
                  help="small CNN and ResNet-18, 1 thread, 3 steps")
   p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS")
+  p.add_argument("--host-memory", default="auto",
+                 help="dmlx.host_memory mode of the child processes, as the "
+                 "launchers' --host_memory (auto: keep on CPU); several "
+                 "comma-separated, each in its own process")
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "train_step.json"))
   p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -218,6 +227,8 @@ def matmul_peak() -> float:
 
 def child(args) -> None:
   """One thread setting, in this process: every net, both sides."""
+  from dmlx import host_memory  # pylint: disable=g-import-not-at-top
+  memory = host_memory.configure(args.host_memory)  # before jax or torch runs
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.child)
   peak = matmul_peak()
@@ -230,7 +241,8 @@ def child(args) -> None:
         dm = dmlx_step(net, conv, args.steps, os.path.join(tmp, f"{net}_{conv}"))
         per_img = dm["flops"] / batch
         row = {"net": net, "image_size": size, "batch": batch, "conv": conv,
-               "threads": args.child, "matmul_peak_gflops": peak / 1e9,
+               "threads": args.child, "host_memory": memory,
+               "matmul_peak_gflops": peak / 1e9,
                "step_gflop": dm["flops"] / 1e9,
                "roofline_img_per_s": peak / per_img if per_img else None,
                "dmlx": {**dm, "gflops": per_img * dm["img_per_s"] / 1e9,
@@ -245,6 +257,7 @@ def child(args) -> None:
 
 def _print(rows) -> None:
   head = (f"{'net':13s} {'px':>4s} {'B':>3s} {'thr':>3s} {'conv':>9s} "
+          f"{'memory':>6s} "
           f"{'dmlx img/s':>10s} {'torch img/s':>11s} {'ratio':>6s} "
           f"{'GFLOP/img':>9s} {'dmlx GF/s':>9s} {'torch GF/s':>10s} "
           f"{'peak GF/s':>9s} {'roofline':>8s} {'compile s':>9s}")
@@ -253,7 +266,8 @@ def _print(rows) -> None:
   for r in rows:
     tr = r.get("torch", {})
     print(f"{r['net']:13s} {r['image_size']:4d} {r['batch']:3d} "
-          f"{r['threads']:3d} {r['conv']:>9s} {r['dmlx']['img_per_s']:10.1f} "
+          f"{r['threads']:3d} {r['conv']:>9s} "
+          f"{r.get('host_memory', 'system'):>6s} {r['dmlx']['img_per_s']:10.1f} "
           f"{tr.get('img_per_s', float('nan')):11.1f} "
           f"{r.get('dmlx_over_torch', float('nan')):6.2f} "
           f"{r['step_gflop'] / r['batch']:9.2f} {r['dmlx']['gflops']:9.1f} "
@@ -273,7 +287,12 @@ def main(argv=None) -> None:
     child(args)
     return
   rows = []
-  for threads in [int(t) for t in args.threads.split(",")]:
+  memories = args.host_memory.split(",")
+  for memory in memories:
+    if memory not in ("auto", "keep", "system"):
+      raise ValueError(f"--host-memory: {memory!r} is not auto, keep or system")
+  settings = [(int(t), m) for t in args.threads.split(",") for m in memories]
+  for threads, memory in settings:
     if not 1 <= threads <= os.cpu_count():
       raise ValueError(f"--threads: {threads} is not in 1..{os.cpu_count()}")
     flags = args.xla_flags
@@ -285,7 +304,8 @@ def main(argv=None) -> None:
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is measured
     cmd = ["taskset", "-c", ",".join(str(c) for c in range(threads)),
            sys.executable, os.path.abspath(__file__), f"--child={threads}",
-           f"--nets={args.nets}", f"--steps={args.steps}", f"--conv={args.conv}"]
+           f"--nets={args.nets}", f"--steps={args.steps}", f"--conv={args.conv}",
+           f"--host-memory={memory}"]
     if args.no_torch:
       cmd.append("--no-torch")
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)

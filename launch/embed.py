@@ -19,6 +19,8 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags
 from absl import logging
 
+from dmlx import host_memory  # pylint: disable=wrong-import-position
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's work directory.")
 flags.DEFINE_string("images", None, "A folder (searched recursively), a zip or "
@@ -30,11 +32,13 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_integer("batch_size", None, "Images per batch (default: the "
                      "run's eval.batch_size).")
 flags.mark_flags_as_required(["workdir", "images", "out"])
+host_memory.define_flag()
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  host_memory.configure(FLAGS.host_memory)
   from dmlx import inference  # pylint: disable=g-import-not-at-top
   embedder = inference.Embedder.from_workdir(FLAGS.workdir, step=FLAGS.step,
                                              batch_size=FLAGS.batch_size)

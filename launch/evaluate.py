@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 import configs  # pylint: disable=wrong-import-position
 from dmlx.train import distributed  # pylint: disable=wrong-import-position
+from dmlx import host_memory  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
@@ -34,6 +35,7 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_bool("json", False, "Print the metrics as JSON (the layout of "
                   "final_metrics.json) instead of a table.")
 distributed.define_flags()
+host_memory.define_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,6 +43,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   distributed.initialize_from_flags()   # before any device is touched
+  host_memory.configure(FLAGS.host_memory)   # before the first step
   from dmlx import train  # pylint: disable=g-import-not-at-top
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
   metrics = train.evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.step)

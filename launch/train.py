@@ -23,12 +23,14 @@ from ml_collections import config_flags
 
 import configs  # pylint: disable=wrong-import-position
 from dmlx.train import distributed  # pylint: disable=wrong-import-position
+from dmlx import host_memory  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints and logs go "
                     "(default: workdirs/<config name>).")
 distributed.define_flags()
+host_memory.define_flag()
 flags.mark_flags_as_required(["config"])
 
 
@@ -36,6 +38,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   distributed.initialize_from_flags()   # before any device is touched
+  host_memory.configure(FLAGS.host_memory)   # before the first step
   from dmlx.train import loop  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir or os.path.join(
       "workdirs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0])
