@@ -182,10 +182,12 @@ def test_pointwise_conv_is_a_matmul_unless_disabled():
     assert has_conv == expect_conv, (strides, max_size)
 
 
-@pytest.mark.parametrize("batch,chunk,stride", [(7, 3, 1), (8, 8, 2), (5, 1, 2)])
+@pytest.mark.parametrize("batch,chunk,stride", [(7, 3, 1), (8, 8, 2), (5, 1, 2),
+                                                (6, 0, 1), (5, 0, 2)])
 def test_sliced_kernel_gradient_equals_xla_gradient(batch, chunk, stride):
   """xla_conv2d: same output and input gradient as lax, and the kernel
-  gradient summed over batch slices equals the whole-batch one."""
+  gradient summed over batch slices (chunk > 0) or as one matmul per tap
+  (chunk 0) equals the whole-batch one."""
   x = jax.random.normal(_key(4), (batch, 9, 8, 3))
   w = jax.random.normal(_key(5), (3, 3, 3, 4))
   pads = ((1, 1), (0, 2))
@@ -204,6 +206,17 @@ def test_sliced_kernel_gradient_equals_xla_gradient(batch, chunk, stride):
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   jax.test_util.check_grads(sliced, (x, w), order=1, modes=["rev"], eps=1e-2)
+
+
+def test_kernel_gradient_plan_by_shape():
+  # ResNet-18 / 50 body convs: one matmul per tap.
+  assert layers.kernel_gradient_plan(64, (16, 16), 64) == 0
+  assert layers.kernel_gradient_plan(32, (8, 8), 256) == 0
+  # The 3-channel stem: XLA's gradient in batch slices.
+  assert layers.kernel_gradient_plan(64, (32, 32), 3) == 8
+  # Small convolutions (the tests' SmallCNN): XLA's own gradient.
+  assert layers.kernel_gradient_plan(16, (12, 12), 32) is None
+  assert layers.kernel_gradient_plan(4, (4, 4), 512) is None
 
 
 def test_conv_slices_the_kernel_gradient_on_cpu_only_when_it_helps():

@@ -1,8 +1,11 @@
-"""The convolution kernel gradient XLA:CPU computes slowly, computed in slices.
+"""The convolution kernel gradient XLA:CPU computes slowly, computed faster.
 
 :func:`xla_conv2d` is ``lax.conv_general_dilated`` (NHWC, HWIO) with a custom
-VJP whose kernel gradient is a sum over slices of the batch;
-:class:`dmlx.models.layers.Conv` uses it on a single CPU device.
+VJP whose kernel gradient is either one matmul per kernel tap (the input
+window of that tap against the output gradient, for inputs of
+``TAP_DW_MIN_FEATURES`` or more channels) or XLA's own gradient summed over
+slices of the batch; :func:`kernel_gradient_plan` picks one from the shapes
+and :class:`dmlx.models.layers.Conv` uses it on a single CPU device.
 """
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ Array = jax.Array
 # ``xla_conv2d``), and the most images per slice.
 DW_CHUNK_POSITIONS = 8192
 DW_CHUNK_MAX_IMAGES = 8
+# One matmul per kernel tap from this many input channels and output
+# positions up (below, XLA's gradient is as fast or, for the 3-channel
+# stems, the batch slices are faster).
+TAP_DW_MIN_FEATURES = 64
+TAP_DW_MIN_POSITIONS = 2048
 
 
 def lax_conv(x: Array, kernel: Array, strides, padding, precision) -> Array:
@@ -40,20 +48,75 @@ def dw_chunk_images(batch: int, out_size: Sequence[int]) -> int:
                         batch)))
 
 
+def kernel_gradient_plan(batch: int, out_size: Sequence[int],
+                         in_features: int) -> int | None:
+  """How :func:`xla_conv2d` computes the kernel gradient on one CPU device.
+
+  Returns ``0`` for one matmul per kernel tap (:func:`tap_kernel_gradient`:
+  at least ``TAP_DW_MIN_FEATURES`` input channels and
+  ``TAP_DW_MIN_POSITIONS`` output positions), a slice size in images for
+  XLA's gradient summed over batch slices (more than ``DW_CHUNK_POSITIONS``
+  positions, :func:`dw_chunk_images`), or ``None`` for XLA's own gradient
+  (small convolutions, where neither gains, keep the numerics of
+  multi-device runs).
+  """
+  positions = int(batch) * max(1, int(out_size[0]) * int(out_size[1]))
+  if in_features >= TAP_DW_MIN_FEATURES and positions >= TAP_DW_MIN_POSITIONS:
+    return 0
+  chunk = dw_chunk_images(batch, out_size)
+  return chunk if chunk < batch else None
+
+
+def tap_kernel_gradient(x: Array, g: Array, kernel_size: Sequence[int],
+                        strides: Sequence[int],
+                        padding: Sequence[Sequence[int]]) -> Array:
+  """The kernel gradient of a stride-``strides`` NHWC convolution as one
+  matmul per kernel tap.
+
+  For tap ``(i, j)`` the gradient is ``X_ij^T G``, with ``X_ij`` the
+  ``[images x positions, C_in]`` input window that tap sees and ``G`` the
+  ``[images x positions, C_out]`` output gradient: a plain GEMM with a long
+  contraction, which XLA:CPU runs at matmul speed. Measured, one thread,
+  ms (XLA's gradient / batch slices / taps): 3x3 128->128 on 16x16 maps,
+  batch 32: 102 / 106 / 63; 3x3 64->64 on 32x32, batch 32: 783 / 136 / 88;
+  3x3 stride 2 128->128 from 32x32: 149 / 142 / 70. Equal to XLA's up to
+  float rounding (1e-6 relative).
+  """
+  kh, kw = (int(k) for k in kernel_size)
+  sh, sw = (int(s) for s in strides)
+  batch, out_h, out_w, out_features = g.shape
+  in_features = x.shape[-1]
+  zero = jax.numpy.zeros((), x.dtype)
+  xp = lax.pad(x, zero, [(0, 0, 0), (int(padding[0][0]), int(padding[0][1]), 0),
+                         (int(padding[1][0]), int(padding[1][1]), 0), (0, 0, 0)])
+  g2 = g.reshape(-1, out_features)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      window = lax.slice(xp, (0, i, j, 0),
+                         (batch, i + sh * (out_h - 1) + 1,
+                          j + sw * (out_w - 1) + 1, in_features),
+                         (1, sh, sw, 1))
+      taps.append(lax.dot_general(window.reshape(-1, in_features), g2,
+                                  (((0,), (0,)), ((), ()))))
+  return jax.numpy.stack(taps).reshape(kh, kw, in_features, out_features)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def xla_conv2d(x: Array, kernel: Array, strides: tuple[int, int],
                padding: tuple[tuple[int, int], ...], precision: Any,
                dw_chunk: int) -> Array:
-  """``lax.conv_general_dilated`` (NHWC, HWIO) whose kernel gradient is
-  summed over slices of ``dw_chunk`` images.
+  """``lax.conv_general_dilated`` (NHWC, HWIO) with a faster kernel gradient.
 
   The forward pass and the input gradient are XLA's own. The kernel
   gradient, a contraction over every (image, output position), is what
-  XLA:CPU computes slowly when that contraction is long and not in slices:
-  measured fwd / kernel-gradient ms, one thread, 3x3 conv 64->64 on 32x32
-  maps, batch 32: 36 / 618 whole, 76 in slices of 8 images; ResNet-18's
-  7x7 stem at 64 px, batch 64: 21 / 254 whole, 43 in slices of 8. The sum
-  is the same gradient up to float rounding.
+  XLA:CPU computes slowly: ``dw_chunk == 0`` computes it as one matmul per
+  kernel tap (:func:`tap_kernel_gradient`), ``dw_chunk > 0`` as XLA's
+  gradient summed over slices of ``dw_chunk`` images (measured fwd /
+  kernel-gradient ms, one thread, ResNet-18's 7x7 stem at 64 px, batch 64:
+  21 / 254 whole, 43 in slices of 8; the per-tap form, 99, loses on 3 input
+  channels). :func:`kernel_gradient_plan` chooses. Either is the same
+  gradient up to float rounding.
   """
   return lax_conv(x, kernel, strides, padding, precision)
 
@@ -67,6 +130,9 @@ def _xla_conv2d_bwd(strides, padding, precision, dw_chunk, res, g):
   _, vjp_x = jax.vjp(lambda x_: lax_conv(x_, kernel, strides, padding,
                                           precision), x)
   (dx,) = vjp_x(g)
+  if dw_chunk == 0:
+    dw = tap_kernel_gradient(x, g, kernel.shape[:2], strides, padding)
+    return dx, dw.astype(kernel.dtype)
   dw = None
   for start in range(0, x.shape[0], dw_chunk):
     xs, gs = x[start:start + dw_chunk], g[start:start + dw_chunk]

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dmlx.models.conv_grad import dw_chunk_images, lax_conv, xla_conv2d
+from dmlx.models.conv_grad import dw_chunk_images  # pylint: disable=unused-import (re-exported)
+from dmlx.models.conv_grad import kernel_gradient_plan, lax_conv, xla_conv2d
 
 Array = jax.Array
 Dtype = Any
@@ -171,8 +172,10 @@ class Conv(nn.Module):
   cases (stride-1 convs on tiny maps and stride-2 convs into them).
   ``im2col_max_size=0`` disables both: ``lax.conv_general_dilated``
   everywhere. On a single XLA:CPU
-  device the kernel gradient of a ``lax`` convolution is summed over slices
-  of the batch (:func:`xla_conv2d`); elsewhere XLA's own gradient is used.
+  device the kernel gradient of a ``lax`` convolution is one matmul per
+  kernel tap or a sum over slices of the batch, by shape
+  (:func:`dmlx.models.conv_grad.kernel_gradient_plan`); elsewhere XLA's own
+  gradient is used.
   """
   features: int
   kernel_size: int | Sequence[int] = 3
@@ -213,12 +216,13 @@ class Conv(nn.Module):
     elif self.im2col_max_size > 0 and max(out_size) <= self.im2col_max_size:
       y = im2col_conv2d(x, kernel, strides, padding, self.precision)
     else:
-      chunk = dw_chunk_images(x.shape[0], out_size)
-      # One CPU device only: slicing a batch sharded over devices would
-      # move rows between them (simulated CPU meshes, gloo processes).
-      if _single_cpu_device() and chunk < x.shape[0]:
+      plan = kernel_gradient_plan(x.shape[0], out_size, x.shape[-1])
+      # One CPU device only: slicing or reshaping a batch sharded over
+      # devices would move rows between them (simulated CPU meshes, gloo
+      # processes).
+      if _single_cpu_device() and plan is not None:
         y = xla_conv2d(x, kernel, strides, tuple(map(tuple, padding)),
-                       self.precision, chunk)
+                       self.precision, plan)
       else:
         y = lax_conv(x, kernel, strides, padding, self.precision)
     if bias is not None:
