@@ -76,9 +76,14 @@ def main(argv=None) -> None:
   p.add_argument("--mic_clusters", type=int, default=30)
   p.add_argument("--niter", type=int, default=20)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--host-memory", default="auto",
+                 choices=("auto", "keep", "system"),
+                 help="dmlx.host_memory mode, as the launchers' --host_memory")
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "clustering.json"))
   args = p.parse_args(argv)
+  from dmlx import host_memory  # pylint: disable=g-import-not-at-top
+  memory = host_memory.configure(args.host_memory)  # before FAISS's threads
   x, labels = _data(args.n, args.dim, args.classes, 0)
   rows = []
 
@@ -109,7 +114,7 @@ def main(argv=None) -> None:
           "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
           "cpu_count": os.cpu_count(), "machine": platform.platform(),
           "load_average": os.getloadavg(), "repeats": args.repeats,
-          "target_s": 2.0}
+          "target_s": 2.0, "host_memory": memory}
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -66,6 +66,7 @@ import time
 import faiss
 import numpy as np
 
+from dmlx import host_memory
 from dmlx import index as dmlx_index
 from dmlx.index import self_join
 
@@ -140,10 +141,15 @@ def main() -> None:
                       type=lambda v: [p for p in v.split(",") if p],
                       help="FAISS index rows besides ivf_join: hnsw, ivf "
                       "('' for none; each takes about a minute at N=60k)")
+  parser.add_argument("--host-memory", default="auto",
+                      choices=("auto", "keep", "system"),
+                      help="dmlx.host_memory mode, as the launchers' "
+                      "--host_memory (auto: keep on CPU)")
   parser.add_argument("--out", default=None, help="default "
                       "benchmarks/results/nngk_refresh.json "
                       "(nngk_refresh_quick.json with --quick).")
   args = parser.parse_args()
+  args.host_memory_in_effect = host_memory.configure(args.host_memory)  # before FAISS's threads
   if args.out is None:
     args.out = os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
@@ -269,6 +275,7 @@ def _write(args, n, q, k, load_start, results):
       "quick": bool(args.quick),
       "faiss_version": faiss.__version__,
       "faiss_threads": faiss.omp_get_max_threads(),
+      "host_memory": args.host_memory_in_effect,
       "cpu_count": os.cpu_count(),
       "load_avg_1m_at_start": load_start,
       "load_avg_1m_at_end": round(os.getloadavg()[0], 2),

@@ -147,6 +147,7 @@ def test_learning_rates_follow_dmlx_schedule(schedule, warmup):
     sched.step()
 
 
+@pytest.mark.slow  # 14 s; the replica's network and losses are tested above
 def test_train_pml_few_steps(tmp_path):
   c = _tiny_config()
   names = set(dmlx_eval.evaluate_retrieval(

@@ -99,9 +99,14 @@ def _finetune(method, data_dir, path, dataset="tinyimagenet"):
   return c
 
 
-@pytest.mark.parametrize("method", ["nngk", "magnet", "mic", "dmlda_contrastive",
-                                    "smooth_triplet", "margin_per_class",
-                                    "triplet_semihard", "softmax"])
+# Four of the eight run in the slow suite, to keep the default one in its
+# time (each trains a fine-tune config; the loading path is the same).
+@pytest.mark.parametrize("method", [
+    "nngk", pytest.param("magnet", marks=pytest.mark.slow),
+    pytest.param("mic", marks=pytest.mark.slow),
+    pytest.param("dmlda_contrastive", marks=pytest.mark.slow),
+    pytest.param("smooth_triplet", marks=pytest.mark.slow), "margin_per_class",
+    "triplet_semihard", "softmax"])
 def test_every_fine_tune_config_loads_the_export(export, method, tmp_path):
   data_dir, path, record, _ = export
   c = _finetune(method, data_dir, path)
