@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import jax
 from jax import lax
 
+from dmlx.models.windows import window_taps
+
 Array = jax.Array
 
 # Output positions (images x H_out x W_out) per slice of the batch when the
@@ -83,22 +85,12 @@ def tap_kernel_gradient(x: Array, g: Array, kernel_size: Sequence[int],
   float rounding (1e-6 relative).
   """
   kh, kw = (int(k) for k in kernel_size)
-  sh, sw = (int(s) for s in strides)
-  batch, out_h, out_w, out_features = g.shape
-  in_features = x.shape[-1]
-  zero = jax.numpy.zeros((), x.dtype)
-  xp = lax.pad(x, zero, [(0, 0, 0), (int(padding[0][0]), int(padding[0][1]), 0),
-                         (int(padding[1][0]), int(padding[1][1]), 0), (0, 0, 0)])
+  out_features, in_features = g.shape[-1], x.shape[-1]
   g2 = g.reshape(-1, out_features)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      window = lax.slice(xp, (0, i, j, 0),
-                         (batch, i + sh * (out_h - 1) + 1,
-                          j + sw * (out_w - 1) + 1, in_features),
-                         (1, sh, sw, 1))
-      taps.append(lax.dot_general(window.reshape(-1, in_features), g2,
-                                  (((0,), (0,)), ((), ()))))
+  taps = [lax.dot_general(tap.reshape(-1, in_features), g2,
+                          (((0,), (0,)), ((), ())))
+          for tap in window_taps(x, (kh, kw), strides, padding,
+                                 out_size=g.shape[1:3])]
   return jax.numpy.stack(taps).reshape(kh, kw, in_features, out_features)
 
 

@@ -28,6 +28,7 @@ from jax import lax
 
 from dmlx.models.conv_grad import dw_chunk_images  # pylint: disable=unused-import (re-exported)
 from dmlx.models.conv_grad import kernel_gradient_plan, lax_conv, xla_conv2d
+from dmlx.models.windows import window_taps
 
 Array = jax.Array
 Dtype = Any
@@ -126,17 +127,13 @@ def im2col_conv2d(
     ``[B, H_out, W_out, C_out]``.
   """
   kh, kw, _, _ = kernel.shape
-  sh, sw = strides
-  xp = jnp.pad(x, [(0, 0), padding[0], padding[1], (0, 0)])
-  hp, wp = xp.shape[1], xp.shape[2]
-  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  if ho < 1 or wo < 1:
+  hp = x.shape[1] + padding[0][0] + padding[0][1]
+  wp = x.shape[2] + padding[1][0] + padding[1][1]
+  if hp < kh or wp < kw:
     raise ValueError(
         f"kernel {kernel.shape[:2]} larger than padded input {(hp, wp)}")
-  taps = [
-      xp[:, u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw, :]
-      for u in range(kh) for v in range(kw)
-  ]
+  out_size = ((hp - kh) // strides[0] + 1, (wp - kw) // strides[1] + 1)
+  taps = window_taps(x, (kh, kw), strides, padding, out_size=out_size)
   patches = jnp.stack(taps, axis=3)  # [B, ho, wo, kh*kw, C_in]
   w = kernel.reshape((kh * kw,) + kernel.shape[2:])
   return jnp.einsum("bhwkc,kco->bhwo", patches, w, precision=precision)
@@ -286,23 +283,6 @@ def _single_cpu_device() -> bool:
   return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
-def _window_taps(x: Array, window: tuple[int, int], stride: tuple[int, int],
-                 pads: list[tuple[int, int]], fill: float) -> list[Array]:
-  """The ``window[0] * window[1]`` strided slices of ``x`` padded with
-  ``fill``: tap ``(u, v)`` holds ``x_pad[:, i*s0 + u, j*s1 + v, :]`` at output
-  ``(i, j)``."""
-  # A negative ``hi`` (floor mode leaving input rows unused) pads nothing:
-  # the output size below is the same.
-  pads = [(lo, max(hi, 0)) for lo, hi in pads]
-  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [pads[0], pads[1], (0, 0)],
-               constant_values=fill)
-  h, w = xp.shape[-3], xp.shape[-2]
-  ho, wo = (h - window[0]) // stride[0] + 1, (w - window[1]) // stride[1] + 1
-  return [xp[..., u:u + (ho - 1) * stride[0] + 1:stride[0],
-             v:v + (wo - 1) * stride[1] + 1:stride[1], :]
-          for u in range(window[0]) for v in range(window[1])]
-
-
 def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
              padding: int | Sequence[int] = 0, ceil_mode: bool = False
              ) -> Array:
@@ -325,7 +305,7 @@ def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
     # A Python-scalar identity lets JAX recognise the max monoid.
     return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,),
                              (1,) + stride + (1,), [(0, 0)] + pads + [(0, 0)])
-  taps = _window_taps(x, window, stride, pads, -jnp.inf)
+  taps = window_taps(x, window, stride, pads, -jnp.inf)
   out = taps[0]
   for tap in taps[1:]:
     out = jnp.maximum(out, tap)
@@ -344,7 +324,7 @@ def avg_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int],
                                              ceil_mode)
   # The sum of the window's strided slices (see max_pool), on every backend:
   # a sum has no ties, so one and several devices agree up to rounding.
-  taps = _window_taps(x, window, stride, pads, 0.0)
+  taps = window_taps(x, window, stride, pads, 0.0)
   total = taps[0]
   for tap in taps[1:]:
     total = total + tap
