@@ -24,7 +24,6 @@ Writes ``benchmarks/results/clustering.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -39,6 +38,7 @@ import faiss  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dmlx.methods import magnet_index, mic_clustering  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _data(n: int, d: int, classes: int, seed: int):
@@ -76,9 +76,7 @@ def main(argv=None) -> None:
   p.add_argument("--mic_clusters", type=int, default=30)
   p.add_argument("--niter", type=int, default=20)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--host-memory", default="auto",
-                 choices=("auto", "keep", "system"),
-                 help="dmlx.host_memory mode, as the launchers' --host_memory")
+  _common.add_host_memory_argument(p)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "clustering.json"))
   args = p.parse_args(argv)
@@ -115,10 +113,7 @@ def main(argv=None) -> None:
           "cpu_count": os.cpu_count(), "machine": platform.platform(),
           "load_average": os.getloadavg(), "repeats": args.repeats,
           "target_s": 2.0, "host_memory": memory}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  print(f"wrote {args.out}")
+  _common.write_results(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -107,10 +107,9 @@ def _parse_args(argv):
   parser.add_argument("--pml-lifted-max-batch", type=int, default=256,
                       help="PML's LiftedStructureLoss builds |P| x |N| "
                       "matrices (13 s a call at B=256): skipped above this")
-  parser.add_argument("--host-memory", default="auto",
-                      choices=("auto", "keep", "system"),
-                      help="dmlx.host_memory mode, as the launchers' "
-                      "--host_memory (auto: keep on CPU)")
+  sys.path.insert(0, str(_ROOT))
+  from benchmarks import _common  # pylint: disable=g-import-not-at-top
+  _common.add_host_memory_argument(parser)
   parser.add_argument("--out", default=str(
       _ROOT / "benchmarks" / "results" / "losses.json"))
   args = parser.parse_args(argv)

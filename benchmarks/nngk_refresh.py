@@ -58,7 +58,6 @@ with ``--quick``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -66,6 +65,7 @@ import time
 import faiss
 import numpy as np
 
+from benchmarks import _common
 from dmlx import host_memory
 from dmlx import index as dmlx_index
 from dmlx.index import self_join
@@ -141,10 +141,7 @@ def main() -> None:
                       type=lambda v: [p for p in v.split(",") if p],
                       help="FAISS index rows besides ivf_join: hnsw, ivf "
                       "('' for none; each takes about a minute at N=60k)")
-  parser.add_argument("--host-memory", default="auto",
-                      choices=("auto", "keep", "system"),
-                      help="dmlx.host_memory mode, as the launchers' "
-                      "--host_memory (auto: keep on CPU)")
+  _common.add_host_memory_argument(parser)
   parser.add_argument("--out", default=None, help="default "
                       "benchmarks/results/nngk_refresh.json "
                       "(nngk_refresh_quick.json with --quick).")
@@ -284,10 +281,7 @@ def _write(args, n, q, k, load_start, results):
       "machine": platform.platform(),
       "results": results,
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {args.out}")
+  _common.write_results(args.out, report, indent=2)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # name -> (image size, batch, dmlx backbone kwargs); the issue's settings.
 NETS = {
@@ -75,10 +76,7 @@ def _parse(argv=None):
   p.add_argument("--quick", action="store_true",
                  help="small CNN and ResNet-18, 1 thread, 3 steps")
   p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS")
-  p.add_argument("--host-memory", default="auto",
-                 help="dmlx.host_memory mode of the child processes, as the "
-                 "launchers' --host_memory (auto: keep on CPU); several "
-                 "comma-separated, each in its own process")
+  _common.add_host_memory_argument(p, several=True)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                "train_step.json"))
   p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -320,10 +318,7 @@ def main(argv=None) -> None:
           "machine": platform.platform(), "load_average": os.getloadavg(),
           "steps": args.steps,
           "flops_from": "XLA cost analysis of dmlx's compiled step"}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  print(f"wrote {args.out}")
+  _common.write_results(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":
