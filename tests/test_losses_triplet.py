@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dmlx import losses
+from dmlx.losses import _distances
 
 from loss_testing import check_grads as _check_grads  # pylint: disable=unused-import
 from loss_testing import jit  # pylint: disable=unused-import
@@ -203,3 +204,49 @@ def test_bad_options():
     losses.triplet_all(x, y, reduction="total")
   with pytest.raises(ValueError, match="max_positives"):
     losses.triplet_semihard(x, y, max_positives=0)
+
+
+@pytest.mark.parametrize("labels", [
+    np.arange(24) // 2,                       # K = 2: a width-1 table
+    np.arange(24) // 4,                       # K = 4: width 3
+    np.repeat(np.arange(5), [5, 5, 5, 5, 4]),  # width 7
+    np.random.default_rng(3).integers(0, 4, size=24)])  # overflows 7: sorts
+def test_positive_table_widths_give_the_sorted_paths_values_and_gradients(
+    labels):
+  # jax.lax.switch picks the narrowest table that holds the largest class;
+  # each must agree with the sorted form (max_positives=None) in the loss
+  # and in its gradient, including the semi-hard negatives' gradient, which
+  # comes back through a term that adds 0.
+  x = np.random.default_rng(4).normal(size=(24, 3)) * 0.4
+  y = jnp.asarray(labels)
+  for fn, kwargs in [(losses.triplet_semihard, {}),
+                     (losses.triplet_semihard, {"soft": True}),
+                     (losses.triplet_all, {}),
+                     (losses.triplet_all, {"soft": True})]:
+    def value(x, max_positives, fn=fn, kwargs=kwargs):
+      return fn(x, y, max_positives=max_positives, **kwargs)[0]
+    table = jax.value_and_grad(value)(x, 7)
+    exact = jax.value_and_grad(value)(x, None)
+    np.testing.assert_allclose(table[0], exact[0], rtol=1e-9)
+    np.testing.assert_allclose(table[1], exact[1], rtol=1e-7, atol=1e-12)
+    assert np.abs(exact[1]).max() > 1e-3
+
+
+def test_positive_table_from_labels_matches_the_mask_table():
+  rng = np.random.default_rng(0)
+  for labels in [np.arange(12) // 3, rng.integers(0, 5, size=40),
+                 np.zeros(6, int), np.arange(7)]:
+    y = jnp.asarray(labels)
+    pos = losses.positive_mask(y)
+    for width in (1, 3, min(8, len(labels))):
+      index, valid, num_positives = _distances.positive_table_from_labels(
+          y, width)
+      want_index, want_valid = _distances.positive_table(pos, width)
+      np.testing.assert_array_equal(valid, want_valid)
+      np.testing.assert_array_equal(np.where(valid, index, -1),
+                                    np.where(want_valid, want_index, -1))
+      np.testing.assert_array_equal(num_positives, np.sum(pos, axis=1))
+      # Padding points at the anchor itself, never at a positive.
+      rows = np.broadcast_to(np.arange(len(labels))[:, None], index.shape)
+      np.testing.assert_array_equal(np.where(valid, -1, index),
+                                    np.where(valid, -1, rows))

@@ -177,32 +177,48 @@ def check_max_positives(name: str, max_positives):
         f"{max_positives!r}.")
 
 
-def by_positive_table(pos: Array, max_positives: int | None,
+# Table widths tried below ``max_positives``: K - 1 for P x K batches with
+# K = 2, 4, 8, 16 (the papers' batches), so a table is never much wider than
+# the batch's largest class.
+_TABLE_WIDTHS = (1, 3, 7, 15)
+
+
+def by_positive_table(labels: Array, max_positives: int | None,
                       table_fn, exact_fn, operand):
   """Runs ``table_fn`` on a positive table if it holds every positive.
 
   ``table_fn(operand, index, valid)`` works on each anchor's positives
-  gathered into a ``[B, W]`` table, ``W = min(max_positives, B - 1)`` (fast
-  for P x K batches, ``O(B^2 W)``); ``exact_fn(operand)`` works for any label
-  composition. When some anchor has more than ``W`` positives,
-  ``jax.lax.cond`` switches to ``exact_fn`` at run time, so the result never
-  depends on ``max_positives``, only the speed does. ``max_positives=None``
-  always uses ``exact_fn``. Both must return pytrees of the same shapes and
-  dtypes. Prefer outputs without gradient (integer selections and counts,
-  computed from a ``stop_gradient`` operand): a differentiated ``cond`` keeps
-  the residuals of both branches. (Under ``vmap`` the ``cond`` becomes a
-  ``select`` and both branches run.)
+  gathered into a ``[B, W]`` table (fast for P x K batches, ``O(B^2 W)``);
+  ``exact_fn(operand)`` works for any label composition. ``W`` is chosen at
+  run time with ``jax.lax.switch``: the narrowest of 1, 3, 7, 15 and
+  ``min(max_positives, B - 1)`` that holds the batch's largest class (its
+  size less one), so a P x 4 batch works on ``[B, 3, B]`` whatever the cap.
+  When some anchor has more than ``max_positives`` positives, ``exact_fn``
+  runs instead, so the result never depends on ``max_positives``, only the
+  speed does. ``max_positives=None`` always uses ``exact_fn``. All must
+  return pytrees of the same shapes and dtypes. Prefer outputs without
+  gradient (integer selections and counts, computed from a ``stop_gradient``
+  operand): a differentiated ``switch`` keeps the residuals of every branch.
+  (Under ``vmap`` the ``switch`` becomes a ``select`` and every branch runs.)
   """
-  b = pos.shape[0]
+  b = labels.shape[0]
   if max_positives is None or b < 2:
     return exact_fn(operand)
-  width = min(int(max_positives), b - 1)
-  index, valid = _distances.positive_table(pos, width)
-  if width == b - 1:  # the table cannot overflow
-    return table_fn(operand, index, valid)
-  overflow = jnp.any(jnp.sum(pos, axis=1) > width)
-  return jax.lax.cond(overflow, exact_fn,
-                      lambda o: table_fn(o, index, valid), operand)
+  cap = min(int(max_positives), b - 1)
+  index, valid, num_positives = _distances.positive_table_from_labels(
+      labels, cap)
+  widths = [w for w in _TABLE_WIDTHS if w < cap] + [cap]
+  branches = [
+      (lambda o, w=w: table_fn(o, index[:, :w], valid[:, :w]))
+      for w in widths]
+  if cap < b - 1:  # the cap can overflow: the exact form takes over
+    branches.append(exact_fn)
+  if len(branches) == 1:
+    return branches[0](operand)
+  most = jnp.max(num_positives)
+  choice = jnp.searchsorted(jnp.asarray(widths, jnp.int32), most, side="left")
+  return jax.lax.switch(jnp.minimum(choice, len(branches) - 1), branches,
+                        operand)
 
 
 def sortable_key(x: Array) -> Array:

