@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dmlx import losses
+from dmlx.losses import _margin
 
 from loss_testing import check_grads as _check_grads  # pylint: disable=unused-import
 from loss_testing import jit  # pylint: disable=unused-import
@@ -150,3 +151,10 @@ def test_margin_loss_checks():
     losses.margin_loss(x, y, {"b": 1.0}, key)
   with pytest.raises(ValueError, match="sampler"):
     losses.margin_loss(x, y, params, key, sampler="gumbel")
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 100, 256])
+def test_blocked_row_cumsum_is_cumsum(n):
+  w = np.random.default_rng(n).uniform(size=(5, n))
+  np.testing.assert_allclose(_margin._row_cumsum(jnp.asarray(w)),
+                             np.cumsum(w, axis=1), rtol=1e-12)
