@@ -232,3 +232,27 @@ def test_gradient_check_detects_a_wrong_gradient():
   with pytest.raises(AssertionError):
     _check_grads(lambda x: jnp.sum(jnp.sin(x)) + jax.lax.stop_gradient(
         jnp.sum(x ** 3)), (x,))
+
+
+@pytest.mark.parametrize("labels", [
+    np.arange(16) // 2, np.arange(16) // 4,
+    np.random.default_rng(3).integers(0, 3, size=16),   # overflows 7
+    np.zeros(16, int)])                                  # no negatives at all
+def test_lifted_positive_table_gives_the_full_matrix_values_and_gradients(
+    labels):
+  # The pair terms on the positive table (any width the switch picks) and on
+  # the whole [B, B] matrix (max_positives=None) agree in value and gradient.
+  x = np.random.default_rng(1).normal(size=(16, 3)) * 0.5
+  y = jnp.asarray(labels)
+
+  def value(x, max_positives):
+    return losses.lifted_structure(x, y, max_positives=max_positives)[0]
+
+  table = jax.value_and_grad(value)(x, 7)
+  exact = jax.value_and_grad(value)(x, None)
+  np.testing.assert_allclose(table[0], exact[0], rtol=1e-9)
+  np.testing.assert_allclose(table[1], exact[1], rtol=1e-7, atol=1e-12)
+  np.testing.assert_allclose(exact[0], _ref_lifted(x, labels, 1.0), rtol=1e-9)
+  if labels.max() > 0:
+    assert np.abs(exact[1]).max() > 1e-3
+  _check_grads(lambda x: value(x, None), (x,))
