@@ -124,6 +124,25 @@ def positive_table(pos: Array, width: int) -> tuple[Array, Array]:
   return index, jnp.take_along_axis(pos, index, axis=1)
 
 
+def class_runs(labels: Array) -> tuple[Array, Array, Array, Array]:
+  """Each class as one run of the stably sorted labels, in ``O(B log B)``.
+
+  Returns ``(order, start, end, position)``, int32: ``order [B]`` lists the
+  examples class by class (by index within a class); example ``i``'s class
+  occupies ``order[start[i]:end[i]]`` and ``i`` itself sits at
+  ``order[position[i]]``. So ``end - start`` is its class size and
+  ``position - start`` the number of earlier examples of its class.
+  """
+  b = labels.shape[0]
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  sorted_labels = labels[order]
+  start = jnp.searchsorted(sorted_labels, labels, side="left").astype(jnp.int32)
+  end = jnp.searchsorted(sorted_labels, labels, side="right").astype(jnp.int32)
+  position = jnp.zeros((b,), jnp.int32).at[order].set(
+      jnp.arange(b, dtype=jnp.int32))
+  return order, start, end, position
+
+
 def positive_table_from_labels(labels: Array, width: int
                                ) -> tuple[Array, Array, Array]:
   """:func:`positive_table` from the labels, in ``O(B log B)``.
@@ -145,13 +164,7 @@ def positive_table_from_labels(labels: Array, width: int
     table overflows where this exceeds ``width``).
   """
   b = labels.shape[0]
-  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
-  sorted_labels = labels[order]
-  start = jnp.searchsorted(sorted_labels, labels, side="left").astype(jnp.int32)
-  end = jnp.searchsorted(sorted_labels, labels, side="right").astype(jnp.int32)
-  # Where each anchor sits in the order (the inverse permutation).
-  position = jnp.zeros((b,), jnp.int32).at[order].set(
-      jnp.arange(b, dtype=jnp.int32))
+  order, start, end, position = class_runs(labels)
   w = jnp.arange(width, dtype=jnp.int32)[None, :]
   slot = start[:, None] + w + (w >= (position - start)[:, None])  # skip self
   valid = slot < end[:, None]

@@ -119,12 +119,11 @@ def _one_pair_per_class(embeddings: Array, labels: Array
   strictly the most similar.
   """
   b = labels.shape[0]
-  same = _distances.same_class_mask(labels)
-  # rank[i]: number of earlier examples of i's class (0: first, 1: second).
-  rank = jnp.sum(jnp.tril(same, -1), axis=1)
-  second = same & (rank == 1)[None, :]
-  anchor = (rank == 0) & jnp.any(second, axis=1)
-  positive_of = jnp.argmax(second, axis=1)                       # [B]
+  # From the sorted labels (O(B log B), no [B, B] mask): rank = number of
+  # earlier examples of the class (0: first, 1: second).
+  order, start, end, position = _distances.class_runs(labels)
+  anchor = (position == start) & (end - start >= 2)
+  positive_of = order[jnp.minimum(start + 1, b - 1)]             # [B]
   num_pairs = jnp.sum(anchor)
 
   def table(size):
