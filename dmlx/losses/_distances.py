@@ -133,6 +133,7 @@ def class_runs(labels: Array) -> tuple[Array, Array, Array, Array]:
   ``order[position[i]]``. So ``end - start`` is its class size and
   ``position - start`` the number of earlier examples of its class.
   """
+  labels = jnp.asarray(labels)
   b = labels.shape[0]
   order = jnp.argsort(labels, stable=True).astype(jnp.int32)
   sorted_labels = labels[order]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dmlx.losses import _distances
+
 Array = jax.Array
 
 
@@ -92,9 +94,10 @@ def magnet_loss(
   # Slots: slot j stands for the cluster of example j if j is that cluster's
   # first example in the batch. membership[i, j] = example i is in slot j.
   # slot[i] = the first example of i's cluster: segment sums over it give
-  # the slot means in O(B D) (no [B, B] x [B, D] membership products).
-  same = cluster_ids[:, None] == cluster_ids[None, :]
-  slot = jnp.argmax(same, axis=1)                               # [B]
+  # the slot means in O(B D) (no [B, B] x [B, D] membership products), and
+  # the first examples come from the sorted cluster ids (no [B, B] mask).
+  order, start, _, _ = _distances.class_runs(cluster_ids)
+  slot = order[start]                                           # [B]
   is_slot = slot == jnp.arange(batch_size)
   counts = jax.ops.segment_sum(jnp.ones((batch_size,), r.dtype), slot,
                                num_segments=batch_size)         # [B]
