@@ -67,9 +67,11 @@ def pairwise_distances(x: Array, y: Array | None = None, *,
     raise ValueError(
         "pairwise_distances: x and y must be [n, dim] and [m, dim] with the "
         f"same dim, got shapes {x.shape} and {y.shape}.")
+  products = _self_gram(x) if self_distances else jnp.matmul(
+      x, y.T, precision=_PRECISION)
   sq = (jnp.sum(jnp.square(x), axis=1)[:, None]
         + jnp.sum(jnp.square(y), axis=1)[None, :]
-        - 2 * jnp.matmul(x, y.T, precision=_PRECISION))
+        - 2 * products)
   sq = jnp.maximum(sq, 0)
   if self_distances:
     sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0, sq)
@@ -78,8 +80,32 @@ def pairwise_distances(x: Array, y: Array | None = None, *,
 
 def similarity_matrix(x: Array, y: Array | None = None) -> Array:
   """Dot products ``x @ y.T`` at full precision (``y=None`` for ``y = x``)."""
-  y = x if y is None else y
+  if y is None:
+    return _self_gram(x)
   return jnp.matmul(x, y.T, precision=_PRECISION)
+
+
+# Rows of zeros appended to the second operand of x @ x.T (see _self_gram).
+_GRAM_PAD = 8
+
+
+def _self_gram(x: Array) -> Array:
+  """``x @ x.T``, with the second operand padded by 8 zero rows for batches
+  of a multiple of 256 (>= 512), the product sliced back.
+
+  The gradient of ``x @ x.T`` needs the cotangent's transpose times ``x``;
+  with a row stride of a large power of two, the GEMM's packing of the
+  transposed ``[B, B]`` operand thrashes the cache (on one core at B = 2048:
+  24 ms, against 13 ms untransposed). The padding gives the cotangent a
+  stride of B + 8: measured 8-15 % off the fwd+bwd of the batch-hard and
+  contrastive losses at B = 1024 and 2048, 10 % at 512; none at 256 or 640,
+  which keep the plain product. Plain autodiff, so forward mode still works.
+  """
+  b = x.shape[0]
+  if b < 512 or b % 256:
+    return jnp.matmul(x, x.T, precision=_PRECISION)
+  padded = jnp.pad(x, ((0, _GRAM_PAD), (0, 0)))
+  return jnp.matmul(x, padded.T, precision=_PRECISION)[:, :b]
 
 
 def same_class_mask(labels: Array) -> Array:
