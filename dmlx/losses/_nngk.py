@@ -133,7 +133,9 @@ def kernel_logits(embeddings: Array, centres: Array, weights: Array, *,
   _check_sigma(sigma)
   dtype = jnp.promote_types(embeddings.dtype, jnp.float32)  # bf16 -> f32
   diff = embeddings[:, None, :].astype(dtype) - centres.astype(dtype)
-  d2 = jnp.sum(diff * diff, axis=-1)           # exact, ≥ 0, no cancellation
+  # exact, >= 0, no cancellation; as a batched dot (one pass) rather than a
+  # square and a reduction: measured faster on CPU.
+  d2 = jnp.einsum("bkd,bkd->bk", diff, diff, precision=jax.lax.Precision.HIGHEST)
   if mask is not None:
     ref = jnp.min(jnp.where(mask, d2, jnp.inf), axis=-1, keepdims=True)
     ref = jax.lax.stop_gradient(jnp.where(jnp.isfinite(ref), ref, 0.0))
