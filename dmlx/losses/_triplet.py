@@ -10,12 +10,14 @@ the ``[B, B, B]`` cube is what makes naive implementations slow (MEASURED.md).
 Two exact strategies avoid it:
 
 * *Positive table* (default, ``max_positives=7``): each anchor's positives are
-  gathered into a ``[B, W]`` table (``W = max_positives``), so batch-all and
+  read off the sorted labels into a ``[B, W]`` table, so batch-all and
   semi-hard work on ``[B, W, B]`` (anchor, positive, negative) arrays:
-  ``O(B^2 W)``, a fraction ``W / B`` of the cube. It holds every positive
-  when no class has more than ``W + 1`` examples in the batch; otherwise
-  ``jax.lax.cond`` switches to the second strategy at run time (under
-  ``vmap`` both run). For P x K batches ``max_positives=K - 1`` is fastest.
+  ``O(B^2 W)``, a fraction ``W / B`` of the cube. ``W`` is picked at run
+  time (``jax.lax.switch``) as the narrowest of 1, 3, 7, 15 and
+  ``max_positives`` that holds the batch's largest class less one: a P x K
+  batch with K = 2, 4, 8 or 16 gets ``W = K - 1``. When some class has more
+  than ``max_positives + 1`` examples the second strategy runs instead
+  (under ``vmap`` every branch runs).
 * *Sorted negatives* (``max_positives=None``, or the fallback): each anchor's
   negative distances are sorted once (``O(B^2 log B)``); semi-hard mining is
   then a binary search of ``D_ap`` among them. The batch-all hinge sum is
@@ -75,8 +77,9 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
     squared: use squared Euclidean distances.
     reduction: ``"active"``, ``"valid"`` or ``"sum"``: the divisor
       :math:`|T'|` (1 for ``"sum"``).
-    max_positives: width of the positive table (a speed knob, see the module
-      docstring; ``K - 1`` for P x K batches), or ``None`` to always sort.
+    max_positives: the widest positive table (a speed knob, see the module
+      docstring; narrower tables are picked at run time), or ``None`` to
+      always sort.
 
   Returns:
     ``(loss, aux)``: scalar loss (0 without valid triplets) and an aux dict with
@@ -174,8 +177,9 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
     margin: :math:`m`, ignored when ``soft``.
     soft: use :math:`\log(1 + e^{D_{ap} - D_{an}})` instead of the hinge.
     squared: use squared Euclidean distances.
-    max_positives: width of the positive table (a speed knob, see the module
-      docstring; ``K - 1`` for P x K batches), or ``None`` to always sort.
+    max_positives: the widest positive table (a speed knob, see the module
+      docstring; narrower tables are picked at run time), or ``None`` to
+      always sort.
 
   Returns:
     ``(loss, aux)``: scalar loss and aux with ``fraction_active`` (pairs with a
