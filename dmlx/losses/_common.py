@@ -205,8 +205,7 @@ def by_positive_table(labels: Array, max_positives: int | None,
   if max_positives is None or b < 2:
     return exact_fn(operand)
   cap = min(int(max_positives), b - 1)
-  index, valid, num_positives = _distances.positive_table_from_labels(
-      labels, cap)
+  index, valid, num_positives = _distances.positive_table(labels, cap)
   widths = [w for w in _TABLE_WIDTHS if w < cap] + [cap]
   branches = [
       (lambda o, w=w: table_fn(o, index[:, :w], valid[:, :w]))

@@ -124,32 +124,6 @@ def negative_mask(labels: Array) -> Array:
   return ~same_class_mask(labels)
 
 
-def positive_table(pos: Array, width: int) -> tuple[Array, Array]:
-  """Each anchor's first ``width`` positives as a ``[B, width]`` index table.
-
-  P x K batches give every anchor K - 1 positives; gathering them into a
-  small table lets losses work on ``[B, width, B]`` (anchor, positive,
-  negative) arrays instead of the ``[B, B, B]`` cube. Found with ``top_k`` on
-  the mask (linear time); an anchor with fewer than ``width`` positives gets
-  padding entries marked invalid. Anchors with *more* than ``width``
-  positives lose the rest: callers check the counts first (see
-  ``_common.by_positive_table``).
-
-  Args:
-    pos: ``[B, B]`` bool positive mask.
-    width: static table width, ``1 <= width <= B``.
-
-  Returns:
-    ``(index, valid)``: ``[B, width]`` int32 column indices into ``pos`` and
-    ``[B, width]`` bool, True where the entry is a positive.
-  """
-  # The barrier keeps XLA from constant-folding top_k (a sort) when the labels
-  # are compile-time constants, which takes minutes at B = 1024.
-  scores = jax.lax.optimization_barrier(pos.astype(jnp.float32))
-  _, index = jax.lax.top_k(scores, width)
-  return index, jnp.take_along_axis(pos, index, axis=1)
-
-
 def class_runs(labels: Array) -> tuple[Array, Array, Array, Array]:
   """Each class as one run of the stably sorted labels, in ``O(B log B)``.
 
@@ -170,16 +144,19 @@ def class_runs(labels: Array) -> tuple[Array, Array, Array, Array]:
   return order, start, end, position
 
 
-def positive_table_from_labels(labels: Array, width: int
-                               ) -> tuple[Array, Array, Array]:
-  """:func:`positive_table` from the labels, in ``O(B log B)``.
+def positive_table(labels: Array, width: int) -> tuple[Array, Array, Array]:
+  """Each anchor's first ``width`` positives as a ``[B, width]`` index table.
 
-  Sorting the labels (stably) puts each class in one run of the order; an
-  anchor's positives are the other members of its run, so its table is read
-  off the order instead of found by ``top_k`` over the ``[B, B]`` mask
-  (11 ms at B = 2048 on one core, measured). The entries come in increasing
-  column order, as ``positive_table``'s. Padding entries point at the anchor
-  itself (never a positive) and are marked invalid.
+  P x K batches give every anchor K - 1 positives; gathering them into a
+  small table lets losses work on ``[B, width, B]`` (anchor, positive,
+  negative) arrays instead of the ``[B, B, B]`` cube. The table is read off
+  the stably sorted labels (:func:`class_runs`, ``O(B log B)``): an anchor's
+  positives are the other members of its class's run, in increasing column
+  order (``top_k`` over the ``[B, B]`` mask took 11 ms at B = 2048 on one
+  core, measured). Padding entries point at the anchor itself (never a
+  positive) and are marked invalid. Anchors with *more* than ``width``
+  positives lose the rest: callers check ``num_positives`` first (see
+  ``_common.by_positive_table``).
 
   Args:
     labels: ``[B]`` integer labels.

@@ -54,10 +54,10 @@ def lifted_structure(embeddings: Array, labels: Array, *, margin: float = 1.0,
   """
   name = "lifted_structure"
   embeddings, labels = _common.check_inputs(embeddings, labels, name)
+  _common.check_max_positives(name, max_positives)
   d = _distances.pairwise_distances(embeddings)
   pos = _distances.positive_mask(labels)
   neg = _distances.negative_mask(labels)
-  _common.check_max_positives(name, max_positives)
   lse, has_neg = _common.masked_logsumexp(margin - d, neg, axis=1)   # [B]
   # Only the positive pairs' terms matter: they are evaluated on the positive
   # table (B x W pairs, not B x B) without gradient, and the gradient comes

@@ -237,15 +237,6 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
 
   full_width = max(b - 1, 1)
 
-  def draw(width):
-    """Negatives [B, width] (ints, no gradient) and has_negative [B]."""
-    def sample(d):
-      return distance_weighted_sampling(
-          rng, d, labels, num_samples=width, dim=embeddings.shape[1],
-          cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
-          sampler=sampler)
-    return sample
-
   # The draws and every sum over them run on stop_gradient values inside the
   # cond (no residuals to keep); the gradient to the sampled distances and to
   # beta comes back through terms linear in D and beta that add exactly 0,
@@ -256,7 +247,10 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
 
   def negative_terms(width):
     def terms(d):
-      negatives, has_negative = draw(width)(d)
+      negatives, has_negative = distance_weighted_sampling(
+          rng, d, labels, num_samples=width, dim=embeddings.shape[1],
+          cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
+          sampler=sampler)
       used = ((jnp.arange(width)[None, :] < num_pos[:, None])
               & has_negative[:, None])
       d_an = jnp.take_along_axis(d, negatives, axis=1)

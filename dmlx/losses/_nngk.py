@@ -260,9 +260,17 @@ def gather_neighbours(bank: CentreBank, weights: Array,
     the mask also drops any entry equal to the example's own row (a training
     example never uses its own centre).
   """
+  nbrs, centre_labels, w, mask = _neighbour_entries(bank, weights, index)
+  return bank.centres[nbrs], centre_labels, w, mask
+
+
+def _neighbour_entries(bank: CentreBank, weights: Array, index: Array
+                       ) -> tuple[Array, Array, Array, Array]:
+  """:func:`gather_neighbours` less the centres: ``(neighbours [B, k],
+  centre_labels, weights, mask)``, the mask without the example's own row."""
   nbrs = bank.neighbours[index]                       # [B, k]
   mask = bank.mask[index] & (nbrs != index[:, None])
-  return bank.centres[nbrs], bank.labels[nbrs], weights[nbrs], mask
+  return nbrs, bank.labels[nbrs], weights[nbrs], mask
 
 
 def nngk(
@@ -316,13 +324,11 @@ def nngk(
         f"NNGK embeddings must be [batch_size, {bank.centres.shape[1]}] to "
         f"match the bank's centres {bank.centres.shape}, got "
         f"{embeddings.shape}.")
-  nbrs = bank.neighbours[index]                       # [B, k]
-  mask = bank.mask[index] & (nbrs != index[:, None])  # as gather_neighbours
-  w = weights[nbrs]
+  nbrs, centre_labels, w, mask = _neighbour_entries(bank, weights, index)
   d2 = squared_distances_to_bank(embeddings, bank.centres, nbrs)
   logits = _logits_from_squared_distances(d2, w, sigma=sigma,
                                           min_weight=min_weight, mask=mask)
-  per_example, has_pos = _loss_from_logits(logits, labels, bank.labels[nbrs],
+  per_example, has_pos = _loss_from_logits(logits, labels, centre_labels,
                                            mask)
   return _reduce(per_example, has_pos, w, mask, min_weight=min_weight,
                  reduction=reduction)

@@ -206,7 +206,7 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   farthest_neg, has_neg = _common.masked_max(d, neg, axis=1)
   pairs = pos & has_neg[:, None]
 
-  # Mining on stop_gradient distances (see _semihard_sorted): the semi-hard
+  # Mining on stop_gradient distances (_mining.semihard_*): the semi-hard
   # negative's distance d_an [B, B] (per pair a, p), where one was found, and
   # the loss's slope on each (a, n) through those negatives. The gradient
   # through them comes back as a term linear in D that adds exactly 0 (no
