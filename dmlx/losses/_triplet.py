@@ -207,16 +207,17 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   pairs = pos & has_neg[:, None]
 
   # Mining on stop_gradient distances (_mining.semihard_*): the semi-hard
-  # negative's distance d_an [B, B] (per pair a, p), where one was found, and
+  # negative's distance d_an [B, B] (per pair a, p; -1 where none), and
   # the loss's slope on each (a, n) through those negatives. The gradient
   # through them comes back as a term linear in D that adds exactly 0 (no
   # [B, B] gather, whose scatter-add gradient costs more than the mining).
   d_const = jax.lax.stop_gradient(d)
-  d_an, found, negative_slope = _common.by_positive_table(
+  d_an, negative_slope = _common.by_positive_table(
       labels, max_positives,
       lambda d, index, valid: _mining.semihard_table(
           d, index, valid, neg, margin, soft),
       lambda d: _mining.semihard_sorted(d, neg, pairs, margin, soft), d_const)
+  found = d_an >= 0
   # Pairs without a semi-hard negative use the farthest one (differentiable).
   x = d - jnp.where(found, d_an, farthest_neg[:, None])
   per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)

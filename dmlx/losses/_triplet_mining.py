@@ -43,13 +43,14 @@ def _scatter_rows(shape, index: Array, values: Array) -> Array:
 
 
 def semihard_sorted(d: Array, neg: Array, pairs: Array, margin: float,
-                     soft: bool) -> tuple[Array, Array, Array]:
+                     soft: bool) -> tuple[Array, Array]:
   """Semi-hard negative of every pair by sorting each anchor's negatives.
 
   Returns ``d_an [B, B]`` (distance of the closest negative with
-  ``D_an > D_ap``, per pair ``a, p``; 0 where none), ``found [B, B]`` and
-  ``negative_slope [B, B]``: per ``(a, n)``, the sum over the ``pairs``
-  whose semi-hard negative is ``n`` of the loss's slope in ``D_ap - D_an``.
+  ``D_an > D_ap``, per pair ``a, p``; ``-1`` where none was found, which no
+  distance is) and ``negative_slope [B, B]``: per ``(a, n)``, the sum over
+  the ``pairs`` whose semi-hard negative is ``n`` of the loss's slope in
+  ``D_ap - D_an``.
   """
   b = d.shape[0]
   keys = _common.sortable_key(d)
@@ -65,17 +66,19 @@ def semihard_sorted(d: Array, neg: Array, pairs: Array, margin: float,
   column_at_rank = jnp.zeros((b, b), jnp.int32).at[rows, neg_rank].set(
       columns, mode="drop")
   n_star = jnp.take_along_axis(column_at_rank, jnp.minimum(rank, b - 1), 1)
-  d_an = jnp.where(found, jnp.take_along_axis(d, n_star, 1), 0)
+  d_an = jnp.where(found, jnp.take_along_axis(d, n_star, 1), -1)
   slope = jnp.where(found & pairs, triplet_slope(d - d_an, margin, soft), 0)
-  return d_an, found, jnp.zeros_like(d).at[rows, n_star].add(slope)
+  return d_an, jnp.zeros_like(d).at[rows, n_star].add(slope)
 
 
 def semihard_table(d: Array, index: Array, valid: Array, neg: Array,
-                    margin: float, soft: bool
-                    ) -> tuple[Array, Array, Array]:
+                    margin: float, soft: bool) -> tuple[Array, Array]:
   """:func:`semihard_sorted` on a ``[B, W, B]`` positive-table array.
 
-  ``found`` implies a negative, so every found entry is one of the pairs.
+  A found negative implies a pair, and ``found`` is read off the masked
+  minimum (finite distances), so the cube is reduced twice: the nearest
+  distance beyond ``D_ap``, then its first column. Entries of ``d_an`` off
+  the table are ``-1`` too (no pair there).
   """
   b = d.shape[1]
   d_ap = jnp.take_along_axis(d, index, 1)                        # [B, W]
@@ -87,13 +90,13 @@ def semihard_table(d: Array, index: Array, valid: Array, neg: Array,
   columns = jnp.arange(b, dtype=jnp.int32)
   n_star = jnp.min(jnp.where(beyond & (d_n == nearest[:, :, None]), columns,
                              b), axis=-1)
-  found = jnp.any(beyond, axis=-1) & valid
-  nearest = jnp.where(found, nearest, 0)
+  found = (nearest < jnp.inf) & valid
   slope = jnp.where(found, triplet_slope(d_ap - nearest, margin, soft), 0)
   rows = jnp.arange(d.shape[0])[:, None]
-  return (_scatter_rows(d.shape, index, nearest),
-          _scatter_rows(d.shape, index, found),
-          jnp.zeros_like(d).at[rows, jnp.minimum(n_star, b - 1)].add(slope))
+  d_an = jnp.full(d.shape, -1, d.dtype).at[rows, index].set(
+      jnp.where(found, nearest, -1))
+  return d_an, jnp.zeros_like(d).at[rows, jnp.minimum(n_star, b - 1)].add(
+      slope)
 
 
 def hinge_counts_sorted(d: Array, pos: Array, neg: Array,
