@@ -252,3 +252,40 @@ def test_positive_table_lists_each_anchors_first_positives():
       np.testing.assert_array_equal(valid, want_valid)
       np.testing.assert_array_equal(index, want_index)
       np.testing.assert_array_equal(num_positives, np.sum(pos, axis=1))
+
+
+@pytest.mark.parametrize("block_elements", [3 * 30 * 4, 1])
+def test_anchor_blocks_give_the_whole_tables_values_and_gradients(
+    monkeypatch, block_elements):
+  # On CPU the table forms run on blocks of anchors in turn (cache-sized
+  # [b, W, B] temporaries). With blocks of 4 anchors (30 rows: the last
+  # block padded) and of 1, every table loss equals the single-block run in
+  # value, gradient and aux, and the blocked path really ran.
+  from dmlx.losses import _triplet_mining
+  x = np.random.default_rng(5).normal(size=(30, 3)) * 0.4
+  y = jnp.asarray(np.arange(30) // 4)                 # width-3 tables
+  cases = [(losses.triplet_semihard, {}), (losses.triplet_semihard,
+                                           {"soft": True}),
+           (losses.triplet_all, {}), (losses.triplet_all, {"soft": True}),
+           (losses.triplet_all, {"soft": True, "squared": True,
+                                 "reduction": "valid"})]
+  calls = []
+  real_map = jax.lax.map
+
+  def counting_map(f, xs, **kwargs):
+    calls.append(jax.tree.leaves(xs)[0].shape[:2])
+    return real_map(f, xs, **kwargs)
+
+  for fn, kwargs in cases:
+    def run(x, fn=fn, kwargs=kwargs):
+      return jax.value_and_grad(lambda x: fn(x, y, **kwargs), has_aux=True)(x)
+    whole = run(x)
+    with monkeypatch.context() as m:
+      m.setattr(_triplet_mining, "_BLOCK_ELEMENTS", block_elements)
+      m.setattr(jax.lax, "map", counting_map)
+      blocked = run(x)
+    for got, want in zip(jax.tree.leaves(blocked), jax.tree.leaves(whole)):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert np.abs(whole[1]).max() > 1e-3
+  # (The switch traces every width's branch; the width-3 one runs.)
+  assert ((8, 4) if block_elements > 1 else (30, 1)) in calls, calls

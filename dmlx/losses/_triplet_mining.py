@@ -17,6 +17,32 @@ from dmlx.losses import _common
 Array = jax.Array
 # [B, B] slices of the soft batch-all cube processed together: bounds memory.
 _SOFT_CHUNK_ELEMENTS = 1 << 22
+# Entries of a [b, W, B] table block on CPU (512 KiB of float32: cache-sized).
+_BLOCK_ELEMENTS = 1 << 17
+
+
+def by_anchor_blocks(fn, width: int, *rows: Array):
+  """``fn(*rows)``, on CPU computed for blocks of anchors in turn.
+
+  ``rows`` are per-anchor arrays (leading axis ``B``) and ``fn``'s outputs
+  are too. The table forms build ``[B, W, B]`` temporaries, and XLA:CPU
+  writes each one out before its reductions read it back, so on all anchors
+  at once they stream through main memory. Blocks of ``b`` anchors whose
+  ``[b, W, B]`` arrays fit in cache (``_BLOCK_ELEMENTS``; the last block
+  zero-padded) make semi-hard mining 3.3x, the hinge counts 2.8x and the soft
+  table 1.7x faster at ``B = 2048``, ``W = 3`` (measured on one thread).
+  Other backends fuse the whole table, and run ``fn`` once.
+  """
+  b, n = rows[0].shape[0], rows[-1].shape[-1]
+  block = 1 << max(0, (_BLOCK_ELEMENTS // max(width * n, 1)).bit_length() - 1)
+  if jax.default_backend() != "cpu" or block >= b:
+    return fn(*rows)
+  pad = -b % block
+  blocks = tuple(
+      jnp.pad(r, [(0, pad)] + [(0, 0)] * (r.ndim - 1)).reshape(
+          (-1, block) + r.shape[1:]) for r in rows)
+  out = jax.lax.map(lambda r: fn(*r), blocks)
+  return jax.tree.map(lambda z: z.reshape((-1,) + z.shape[2:])[:b], out)
 
 
 def triplet_slope(x: Array, margin: float, soft: bool) -> Array:
@@ -71,6 +97,21 @@ def semihard_sorted(d: Array, neg: Array, pairs: Array, margin: float,
   return d_an, jnp.zeros_like(d).at[rows, n_star].add(slope)
 
 
+def _nearest_beyond(d_ap: Array, neg: Array, d: Array) -> tuple[Array, Array]:
+  """Per pair ``(a, w)``: the smallest negative ``D_an > D_ap`` (``inf`` if
+  none) and its first column (``B`` if none); ``[B, W, B]`` temporaries."""
+  b = d.shape[1]
+  d_n = d[:, None, :]
+  beyond = neg[:, None, :] & (d_n > d_ap[:, :, None])             # [B, W, B]
+  # Two plain reductions (min distance, then its first column) are about
+  # twice as fast on CPU as one variadic argmin.
+  nearest = jnp.min(jnp.where(beyond, d_n, jnp.inf), axis=-1)
+  columns = jnp.arange(b, dtype=jnp.int32)
+  n_star = jnp.min(jnp.where(beyond & (d_n == nearest[:, :, None]), columns,
+                             b), axis=-1)
+  return nearest, n_star
+
+
 def semihard_table(d: Array, index: Array, valid: Array, neg: Array,
                     margin: float, soft: bool) -> tuple[Array, Array]:
   """:func:`semihard_sorted` on a ``[B, W, B]`` positive-table array.
@@ -82,14 +123,8 @@ def semihard_table(d: Array, index: Array, valid: Array, neg: Array,
   """
   b = d.shape[1]
   d_ap = jnp.take_along_axis(d, index, 1)                        # [B, W]
-  d_n = d[:, None, :]
-  beyond = neg[:, None, :] & (d_n > d_ap[:, :, None])             # [B, W, B]
-  # Two plain reductions (min distance, then its first column) are about
-  # twice as fast on CPU as one variadic argmin.
-  nearest = jnp.min(jnp.where(beyond, d_n, jnp.inf), axis=-1)
-  columns = jnp.arange(b, dtype=jnp.int32)
-  n_star = jnp.min(jnp.where(beyond & (d_n == nearest[:, :, None]), columns,
-                             b), axis=-1)
+  nearest, n_star = by_anchor_blocks(_nearest_beyond, index.shape[1], d_ap,
+                                     neg, d)
   found = (nearest < jnp.inf) & valid
   slope = jnp.where(found, triplet_slope(d_ap - nearest, margin, soft), 0)
   rows = jnp.arange(d.shape[0])[:, None]
@@ -118,11 +153,14 @@ def hinge_counts_sorted(d: Array, pos: Array, neg: Array,
 def hinge_counts_table(d: Array, index: Array, valid: Array, neg: Array,
                         margin: float) -> tuple[Array, Array]:
   """:func:`hinge_counts_sorted` on a ``[B, W, B]`` positive-table array."""
+  def counts(t_ap, valid, neg, d):
+    active = (valid[:, :, None] & neg[:, None, :]
+              & (t_ap[:, :, None] > d[:, None, :]))                # [B, W, B]
+    return (jnp.sum(active, axis=-1, dtype=jnp.int32),
+            jnp.sum(active, axis=1, dtype=jnp.int32))
+
   t_ap = jnp.take_along_axis(d, index, 1) + margin                 # [B, W]
-  active = (valid[:, :, None] & neg[:, None, :]
-            & (t_ap[:, :, None] > d[:, None, :]))                  # [B, W, B]
-  c = jnp.sum(active, axis=-1, dtype=jnp.int32)
-  g = jnp.sum(active, axis=1, dtype=jnp.int32)
+  c, g = by_anchor_blocks(counts, index.shape[1], t_ap, valid, neg, d)
   return _scatter_rows(d.shape, index, jnp.where(valid, c, 0)), g
 
 
@@ -142,14 +180,19 @@ def soft_table(d: Array, index: Array, valid: Array, neg: Array
   """Soft batch-all sum, #violations and the gradient weights ``c [B, B]``
   (per pair a, p) and ``g [B, B]`` (per pair a, n) over a ``[B, W, B]``
   array (see :func:`soft_all_triplets`)."""
-  x = jnp.take_along_axis(d, index, 1)[:, :, None] - d[:, None, :]
-  mask = valid[:, :, None] & neg[:, None, :]
-  value, slope = _softplus_and_sigmoid(x)
-  slope = jnp.where(mask, slope, 0)
-  return (jnp.sum(jnp.where(mask, value, 0)),
-          _common.count(mask & (x > 0)),
-          _scatter_rows(d.shape, index, jnp.sum(slope, axis=-1)),
-          jnp.sum(slope, axis=1))
+  def sums(d_ap, valid, neg, d):
+    x = d_ap[:, :, None] - d[:, None, :]                           # [B, W, B]
+    mask = valid[:, :, None] & neg[:, None, :]
+    value, slope = _softplus_and_sigmoid(x)
+    slope = jnp.where(mask, slope, 0)
+    return (jnp.sum(jnp.where(mask, value, 0), axis=(1, 2)),
+            jnp.sum(mask & (x > 0), axis=(1, 2), dtype=jnp.float32),
+            jnp.sum(slope, axis=-1), jnp.sum(slope, axis=1))
+
+  value, violating, c, g = by_anchor_blocks(
+      sums, index.shape[1], jnp.take_along_axis(d, index, 1), valid, neg, d)
+  return (jnp.sum(value), jnp.sum(violating),
+          _scatter_rows(d.shape, index, c), g)
 
 
 def soft_all_triplets(d: Array, pos: Array, neg: Array
