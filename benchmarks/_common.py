@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the host-memory option and the JSON writer."""
+"""What the benchmark scripts share: the host-memory option, the CPU's
+description and the JSON writer."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,25 @@ def add_host_memory_argument(parser: argparse.ArgumentParser,
                         choices=host_memory.MODES,
                         help="dmlx.host_memory mode, as the launchers' "
                         "--host_memory (auto: keep on CPU)")
+
+
+def cpu() -> dict[str, Any]:
+  """The CPU's model name and its vector ISAs of note (Linux's
+  ``/proc/cpuinfo``; empty elsewhere). The shared machines here change kind
+  between sessions (AVX2 EPYC, AVX-512 / AMX Xeon), and the ratios move with
+  it, so every result file says which it ran on."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      text = f.read()
+  except OSError:
+    return {}
+  model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                if line.startswith("model name")), None)
+  flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                if line.startswith("flags")), [])
+  return {"model": model,
+          "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+                  if f in flags]}
 
 
 def write_results(path: str, payload: Any, indent: int = 1) -> None:

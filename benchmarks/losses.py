@@ -629,6 +629,7 @@ def main(argv=None):
         rows.append(cube)
         _print_row(cube)
 
+  from benchmarks import _common as _bench_common
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   meta = {"jax": jax.__version__, "backend": jax.default_backend(),
@@ -638,6 +639,7 @@ def main(argv=None):
           "repeats": args.repeats, "budget_s": args.budget_s,
           "quick": args.quick, "pml": pml, "roofline": rates,
           "cpu_count": os.cpu_count(), "machine": platform.machine(),
+          "cpu": _bench_common.cpu(),
           "affinity": sorted(os.sched_getaffinity(0)),
           "load_average": os.getloadavg(),
           "inputs": "L2-normalised N(0, I) embeddings, P x K=4 labels",

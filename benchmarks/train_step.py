@@ -315,8 +315,8 @@ def main(argv=None) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   meta = {"jax": jax.__version__, "torch": torch.__version__,
           "xla_flags": args.xla_flags, "cpu_count": os.cpu_count(),
-          "machine": platform.platform(), "load_average": os.getloadavg(),
-          "steps": args.steps,
+          "machine": platform.platform(), "cpu": _common.cpu(),
+          "load_average": os.getloadavg(), "steps": args.steps,
           "flops_from": "XLA cost analysis of dmlx's compiled step"}
   _common.write_results(args.out, {"meta": meta, "rows": rows})
 

@@ -158,3 +158,34 @@ def test_blocked_row_cumsum_is_cumsum(n):
   w = np.random.default_rng(n).uniform(size=(5, n))
   np.testing.assert_allclose(_margin._row_cumsum(jnp.asarray(w)),
                              np.cumsum(w, axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("block_elements", [4 * 30, 1])
+def test_anchor_blocks_draw_the_same_negatives(monkeypatch, block_elements):
+  # On CPU the inverse-CDF draws run on blocks of anchors in turn (4 rows of
+  # 30, the last block padded; and 1 row): the same negatives, loss and
+  # gradient as one block, with the uniforms drawn once for all anchors.
+  from dmlx.losses import _common
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(30, 6))
+  y = jnp.asarray(np.arange(30) // 3)
+  params = {"beta": jnp.asarray(0.9, jnp.float64)}
+  key = jax.random.PRNGKey(1)
+
+  def run(x):
+    d = losses.pairwise_distances(losses.l2_normalize(x))
+    negatives, has = losses.distance_weighted_sampling(key, d, y, dim=6,
+                                                       num_samples=5)
+    value, grad = jax.value_and_grad(lambda x: losses.margin_loss(
+        x, y, params, key)[0])(x)
+    return negatives, has, value, grad
+
+  whole = run(x)
+  with monkeypatch.context() as m:
+    m.setattr(_common, "_BLOCK_ELEMENTS", block_elements)
+    blocked = run(x)
+  np.testing.assert_array_equal(blocked[0], whole[0])
+  np.testing.assert_array_equal(blocked[1], whole[1])
+  np.testing.assert_allclose(blocked[2], whole[2], rtol=1e-12)
+  np.testing.assert_allclose(blocked[3], whole[3], rtol=1e-10, atol=1e-14)
+  assert len(np.unique(np.asarray(whole[0]))) > 10

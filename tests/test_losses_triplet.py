@@ -261,7 +261,7 @@ def test_anchor_blocks_give_the_whole_tables_values_and_gradients(
   # [b, W, B] temporaries). With blocks of 4 anchors (30 rows: the last
   # block padded) and of 1, every table loss equals the single-block run in
   # value, gradient and aux, and the blocked path really ran.
-  from dmlx.losses import _triplet_mining
+  from dmlx.losses import _common
   x = np.random.default_rng(5).normal(size=(30, 3)) * 0.4
   y = jnp.asarray(np.arange(30) // 4)                 # width-3 tables
   cases = [(losses.triplet_semihard, {}), (losses.triplet_semihard,
@@ -281,7 +281,7 @@ def test_anchor_blocks_give_the_whole_tables_values_and_gradients(
       return jax.value_and_grad(lambda x: fn(x, y, **kwargs), has_aux=True)(x)
     whole = run(x)
     with monkeypatch.context() as m:
-      m.setattr(_triplet_mining, "_BLOCK_ELEMENTS", block_elements)
+      m.setattr(_common, "_BLOCK_ELEMENTS", block_elements)
       m.setattr(jax.lax, "map", counting_map)
       blocked = run(x)
     for got, want in zip(jax.tree.leaves(blocked), jax.tree.leaves(whole)):

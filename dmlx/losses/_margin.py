@@ -124,29 +124,40 @@ def distance_weighted_sampling(rng: Array, distances: Array, labels: Array, *,
   b = d.shape[0]
   neg = _distances.negative_mask(labels)
   has_negative = jnp.any(neg, axis=1)
-  in_range = neg & (d < nonzero_loss_cutoff)
-  log_w = distance_weighted_log_weights(
-      d, dim, cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
-  use_weights = jnp.any(in_range, axis=1, keepdims=True)
-  allowed = jnp.where(use_weights, in_range, neg)
-  log_w = jnp.where(use_weights, log_w, 0)
+
+  def weights(d, neg):
+    in_range = neg & (d < nonzero_loss_cutoff)
+    log_w = distance_weighted_log_weights(
+        d, dim, cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+    use_weights = jnp.any(in_range, axis=1, keepdims=True)
+    return jnp.where(use_weights, log_w, 0), jnp.where(use_weights, in_range,
+                                                       neg)
+
   if sampler == "categorical":
+    log_w, allowed = weights(d, neg)
     logits = jnp.where(allowed, log_w, -jnp.inf)
     logits = jnp.where(has_negative[:, None], logits, 0)
     # Draws come out [sample, anchor]: the batch shape of logits is trailing.
     negatives = jax.random.categorical(rng, logits, axis=-1,
                                        shape=(num_samples, b)).T
   else:
-    shift = jnp.max(jnp.where(allowed, log_w, -jnp.inf), axis=1, keepdims=True)
-    shift = jnp.where(jnp.isfinite(shift), shift, 0)
-    w = jnp.exp(jnp.where(allowed, log_w - shift, -jnp.inf))
-    cdf = _row_cumsum(w)
-    u = jax.random.uniform(rng, (b, num_samples), dtype=cdf.dtype)
-    negatives = jax.vmap(lambda c, q: jnp.searchsorted(c, q, side="right"))(
-        cdf, u * cdf[:, -1:])
-    # u * total can round up to total: stay on the last drawable negative.
-    last = b - 1 - jnp.argmax(allowed[:, ::-1], axis=1)
-    negatives = jnp.minimum(negatives, last[:, None])
+    def draw(d, neg, u):
+      log_w, allowed = weights(d, neg)
+      shift = jnp.max(jnp.where(allowed, log_w, -jnp.inf), axis=1,
+                      keepdims=True)
+      shift = jnp.where(jnp.isfinite(shift), shift, 0)
+      w = jnp.exp(jnp.where(allowed, log_w - shift, -jnp.inf))
+      cdf = _row_cumsum(w)
+      negatives = jax.vmap(
+          lambda c, q: jnp.searchsorted(c, q, side="right"))(
+              cdf, u * cdf[:, -1:])
+      # u * total can round up to total: stay on the last drawable negative.
+      last = d.shape[1] - 1 - jnp.argmax(allowed[:, ::-1], axis=1)
+      return jnp.minimum(negatives, last[:, None])
+
+    u = jax.random.uniform(rng, (b, num_samples), dtype=d.dtype)
+    # On CPU in cache-sized blocks of anchors (_common.by_anchor_blocks).
+    negatives = _common.by_anchor_blocks(draw, 1, d, neg, u)
   negatives = jnp.where(has_negative[:, None], negatives, 0)
   return negatives.astype(jnp.int32), has_negative
 
