@@ -241,8 +241,8 @@ def by_anchor_blocks(fn, width: int, *rows: Array):
   """``fn(*rows)``, on CPU computed for blocks of anchors in turn.
 
   ``rows`` are per-anchor arrays (leading axis ``B``, the widest ``B``
-  columns) and ``fn``'s outputs are too. The table forms build ``[B, W, B]`` temporaries, and XLA:CPU
-  writes each one out before its reductions read it back, so on all anchors
+  columns) and ``fn``'s outputs are too. The table forms build
+  ``[B, W, B]`` temporaries, and XLA:CPU writes each one out before its reductions read it back, so on all anchors
   at once they stream through main memory. Blocks of ``b`` anchors whose
   ``[b, W, B]`` arrays fit in cache (``_BLOCK_ELEMENTS``; the last block
   zero-padded) make semi-hard mining 3.3x, the hinge counts 2.8x and the soft
