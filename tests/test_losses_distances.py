@@ -157,3 +157,15 @@ def test_self_gram_is_the_plain_product_in_value_and_every_mode():
       lambda x: jnp.sum(w6 * gram(x) ** 2))(small)
   np.testing.assert_allclose(second(_distances._self_gram),
                              second(lambda x: x @ x.T), rtol=1e-9)
+
+
+def test_pair_counts_are_the_masks_row_sums():
+  rng = np.random.default_rng(0)
+  for labels in [np.arange(12) // 3, rng.integers(0, 5, size=40),
+                 np.zeros(6, int), np.arange(7), np.array([3])]:
+    y = jnp.asarray(labels)
+    num_pos, num_neg = _distances.pair_counts(y)
+    pos, neg = _distances.positive_mask(y), _distances.negative_mask(y)
+    np.testing.assert_array_equal(num_pos, np.sum(pos, 1))
+    np.testing.assert_array_equal(num_neg, np.sum(neg, 1))
+    assert num_pos.dtype == num_neg.dtype == jnp.float32

@@ -62,11 +62,13 @@ def contrastive(embeddings: Array, labels: Array, *, pos_margin: float = 0.0,
   neg_hinge = jax.nn.relu(neg_margin - d)
   pos_total = jnp.sum(jnp.where(pos, jnp.square(pos_hinge), 0))
   neg_total = jnp.sum(jnp.where(neg, jnp.square(neg_hinge), 0))
-  num_pos, num_neg = _common.count(pos), _common.count(neg)
+  num_pos, num_neg = map(jnp.sum, _distances.pair_counts(labels))
   loss = _common.safe_divide(pos_total + neg_total, num_pos + num_neg)
   return loss, {
       "positive_loss": _common.safe_divide(pos_total, num_pos),
       "negative_loss": _common.safe_divide(neg_total, num_neg),
-      "fraction_active_positive": _common.masked_mean(pos_hinge > 0, pos),
-      "fraction_active_negative": _common.masked_mean(neg_hinge > 0, neg),
+      "fraction_active_positive": _common.safe_divide(
+          _common.count(pos & (pos_hinge > 0)), num_pos),
+      "fraction_active_negative": _common.safe_divide(
+          _common.count(neg & (neg_hinge > 0)), num_neg),
   }

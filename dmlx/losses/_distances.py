@@ -149,6 +149,19 @@ def class_runs(labels: Array) -> tuple[Array, Array, Array, Array]:
   return order, start, end, position
 
 
+def pair_counts(labels: Array) -> tuple[Array, Array]:
+  """Each example's number of positives and of negatives, float32 ``[B]``.
+
+  ``positive_mask(labels).sum(1)`` and ``negative_mask(labels).sum(1)``
+  from the class runs (:func:`class_runs`, ``O(B log B)``) instead of
+  ``[B, B]`` passes: on XLA:CPU each count over a mask is written out as a
+  float ``[B, B]`` array and reduced (about 1.5 ms per mask at B = 2048).
+  """
+  _, start, end, _ = class_runs(labels)
+  size = (end - start).astype(jnp.float32)
+  return size - 1, labels.shape[0] - size
+
+
 def positive_table(labels: Array, width: int) -> tuple[Array, Array, Array]:
   """Each anchor's first ``width`` positives as a ``[B, width]`` index table.
 

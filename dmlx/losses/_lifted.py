@@ -75,7 +75,8 @@ def lifted_structure(embeddings: Array, labels: Array, *, margin: float = 1.0,
            + jnp.sum(lse_slope * (lse - lse_const)))
   # Summing over ordered pairs counts each unordered pair twice, and
   # count(pos) = 2|P|, so 1/(2|P|) sum_P = sum_ordered / (2 count(pos)).
-  loss = _common.safe_divide(total / 2, _common.count(pos))
+  loss = _common.safe_divide(
+      total / 2, jnp.sum(_distances.pair_counts(labels)[0]))
   return loss, {"fraction_active": _common.safe_divide(num_active, num_valid)}
 
 

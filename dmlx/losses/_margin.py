@@ -241,7 +241,7 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
   d = _distances.pairwise_distances(x)
   b = labels.shape[0]
   pos = _distances.positive_mask(labels)
-  num_pos = jnp.sum(pos, axis=1)
+  num_pos = _distances.pair_counts(labels)[0]
   beta_a = (beta[labels] if beta_per_class
             else jnp.broadcast_to(beta, labels.shape))
   pos_loss = jnp.where(pos, jax.nn.relu(alpha + d - beta_a[:, None]), 0)
@@ -291,7 +291,7 @@ def margin_loss(embeddings: Array, labels: Array, params: dict[str, Array],
                              num_nonzero)
   return loss, {
       "fraction_active": _common.safe_divide(
-          num_nonzero, _common.count(pos) + num_used),
+          num_nonzero, jnp.sum(num_pos) + num_used),
       "beta": jnp.mean(beta),
       "negative_distance": _common.safe_divide(d_an_total, num_used),
   }

@@ -97,7 +97,7 @@ def npair(embeddings: Array, labels: Array, *, l2_reg: float = 0.002,
   lse_neg, has_neg = _common.masked_logsumexp(sim, neg, axis=1)   # [B]
   x = lse_neg[:, None] - sim                                       # [a, p]
   per_pair = jnp.where(has_neg[:, None], jax.nn.softplus(x), 0)
-  num_pos = _common.count(pos, 1)
+  num_pos = _distances.pair_counts(labels)[0]
   per_anchor = _common.safe_divide(
       jnp.sum(jnp.where(pos, per_pair, 0), axis=1), num_pos)
   npair_loss = _common.masked_mean(per_anchor, num_pos > 0)

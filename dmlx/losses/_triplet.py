@@ -105,7 +105,8 @@ def triplet_all(embeddings: Array, labels: Array, *, margin: float = 0.2,
   d = _distances.pairwise_distances(embeddings, squared=squared)
   pos = _distances.positive_mask(labels)
   neg = _distances.negative_mask(labels)
-  num_valid = jnp.sum(_common.count(pos, 1) * _common.count(neg, 1))
+  num_pos, num_neg = _distances.pair_counts(labels)
+  num_valid = jnp.sum(num_pos * num_neg)
   if soft:
     # Gradient linear in D given c_ap = sum_n sigmoid(D_ap - D_an), g_an =
     # sum_p sigmoid(.): the branches run without gradient (a differentiated
