@@ -223,13 +223,17 @@ def triplet_semihard(embeddings: Array, labels: Array, *, margin: float = 0.2,
   x = d - jnp.where(found, d_an, farthest_neg[:, None])
   per_pair = jax.nn.softplus(x) if soft else jax.nn.relu(x + margin)
   active = x > 0 if soft else x + margin > 0
-  num_pairs = _common.count(pairs)
-  loss = (_common.masked_mean(per_pair, pairs)
-          - _common.safe_divide(jnp.sum(negative_slope * (d - d_const)),
-                                num_pairs))
+  # |pairs| from the class sizes, not a count over the [B, B] mask.
+  num_pos, num_neg = _distances.pair_counts(labels)
+  num_pairs = jnp.sum(jnp.where(num_neg > 0, num_pos, 0))
+  per_pair_sum = jnp.sum(jnp.where(pairs, per_pair, 0))
+  loss = _common.safe_divide(
+      per_pair_sum - jnp.sum(negative_slope * (d - d_const)), num_pairs)
   return loss, {
-      "fraction_active": _common.masked_mean(active, pairs),
-      "fraction_semihard": _common.masked_mean(found, pairs),
+      "fraction_active": _common.safe_divide(_common.count(pairs & active),
+                                             num_pairs),
+      "fraction_semihard": _common.safe_divide(_common.count(pairs & found),
+                                               num_pairs),
   }
 
 
