@@ -455,3 +455,21 @@ def test_variants_keys_and_bad_input():
   with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
     jax.eval_shape(BNInception().init, _key(0),
                    jax.ShapeDtypeStruct((32, 32, 3), jnp.float32))
+
+
+@pytest.mark.parametrize("slice_positions", [1, 150, 10_000])
+def test_tap_kernel_gradient_over_image_slices_equals_xla_gradient(
+    monkeypatch, slice_positions):
+  """The per-tap kernel gradient, summed over slices of 1 image, of 2 (a
+  scan over 3 slices of a batch of 6) or in one piece, equals XLA's."""
+  from dmlx.models import conv_grad
+  monkeypatch.setattr(conv_grad, "TAP_DW_SLICE_POSITIONS", slice_positions)
+  x = jax.random.normal(_key(7), (6, 9, 8, 5))
+  g = jax.random.normal(_key(8), (6, 9, 8, 4))
+  pads = ((1, 1), (1, 1))
+  w = jnp.zeros((3, 3, 5, 4))
+  _, vjp = jax.vjp(lambda w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")), w)
+  np.testing.assert_allclose(
+      jax.jit(conv_grad.tap_kernel_gradient, static_argnums=(2, 3, 4))(
+          x, g, (3, 3), (1, 1), pads), vjp(g)[0], rtol=1e-4, atol=1e-5)
