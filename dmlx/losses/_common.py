@@ -244,12 +244,12 @@ def by_anchor_blocks(fn, width: int, *rows: Array):
   columns) and ``fn``'s outputs are too. The table forms build
   ``[B, W, B]`` temporaries, and XLA:CPU writes each one out before its
   reductions read it back, so on all anchors at once they stream through
-  main memory. Blocks of ``b`` anchors whose
-  ``[b, W, B]`` arrays fit in cache (``_BLOCK_ELEMENTS``; the last block
-  zero-padded) make semi-hard mining 3.3x, the hinge counts 2.8x and the soft
-  table 1.7x faster at ``B = 2048``, ``W = 3`` (measured on one thread);
-  margin's distance-weighted draws (``[B, B]`` rows, ``width=1``) take the
-  whole loss from 82 to 73 ms. Other backends fuse the whole table, and run
+  main memory. Blocks of ``b`` anchors whose ``[b, W, B]`` arrays fit in
+  cache (``_BLOCK_ELEMENTS``; the last block zero-padded) make semi-hard
+  mining 3.3x, the hinge counts 2.8x and the soft table 1.7x faster at
+  ``B = 2048``, ``W = 3`` (measured on one thread); margin's
+  distance-weighted draws (``[B, B]`` rows, ``width=1``) take the whole loss
+  from 82 to 73 ms. Other backends fuse the whole table, and run
   ``fn`` once.
   """
   b, n = rows[0].shape[0], max(r.shape[-1] for r in rows)

@@ -17,6 +17,8 @@ from dmlx.losses import _common
 Array = jax.Array
 # [B, B] slices of the soft batch-all cube processed together: bounds memory.
 _SOFT_CHUNK_ELEMENTS = 1 << 22
+
+
 def triplet_slope(x: Array, margin: float, soft: bool) -> Array:
   """Derivative of the hinge ``[x + m]_+`` (or ``softplus(x)``) in ``x``."""
   return jax.nn.sigmoid(x) if soft else (x + margin > 0).astype(x.dtype)

@@ -91,8 +91,9 @@ def tap_kernel_gradient(x: Array, g: Array, kernel_size: Sequence[int],
   GEMM instead), and summed over slices of about ``TAP_DW_SLICE_POSITIONS``
   output positions (a scan), so each slice's windows stay in cache.
   Measured, one thread, batch 64, ms (XLA's gradient / the earlier per-tap
-  form / this one), on an AVX-512 Xeon: 3x3 64->64 on 16x16 maps 34.7 /
-  27.5 / 12.8; on 32x32 137 / 116 / 59; 128->128 on 8x8 10.1 / 15.3 / 10.3.
+  form / this one, in slices of 2048 positions), on an AVX-512 Xeon: 3x3
+  64->64 on 16x16 maps 34.7 / 27.5 / 13.9; on 32x32 137 / 116 / 54;
+  128->128 on 8x8 10.1 / 15.3 / 10.8.
   Earlier, on an AVX2 EPYC (XLA's / batch slices / the earlier per-tap
   form): 3x3 128->128 on 16x16, batch 32: 102 / 106 / 63; 64->64 on 32x32,
   batch 32: 783 / 136 / 88. Equal to XLA's up to float rounding.
