@@ -2,7 +2,7 @@
 job or alone: trains a tiny config of a method for a few steps, bank / cluster
 refreshes included, and prints this process's view of the final metrics.
 
-  python tests/mp_train_check.py <method> <workdir> [<stop_after_epochs>]
+  python tests/mp_train_check.py <method> <workdir> [<stop_after_epochs> [<epochs>]]
 """
 import json
 import os
@@ -21,8 +21,8 @@ import tiny_configs  # pylint: disable=wrong-import-position
 from dmlx.train import loop  # pylint: disable=wrong-import-position
 
 
-def main(name: str, workdir: str, stop_after: int = 0) -> None:
-  c = tiny_configs.method_config(name, steps=3, epochs=3)
+def main(name: str, workdir: str, stop_after: int = 0, epochs: int = 3) -> None:
+  c = tiny_configs.method_config(name, steps=3, epochs=epochs)
   c.eval.metrics = ("recall", "map_r")
   c.sampler.batch_size = 16
   c.train.checkpoint_every_steps = 2
@@ -43,4 +43,4 @@ def main(name: str, workdir: str, stop_after: int = 0) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+  main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:5]))

@@ -227,11 +227,17 @@ def test_conv_slices_the_kernel_gradient_on_cpu_only_when_it_helps():
   assert layers.dw_chunk_images(16, (12, 12)) == 16   # small: XLA's own
 
 
-def test_max_pool_gradient_matches_reduce_window_without_ties():
-  """The slice-maximum max pool has reduce_window's gradient (no ties in
-  continuous random input), including ceil_mode and padding."""
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_gradient_matches_reduce_window(ties):
+  """The slice-maximum max pool has reduce_window's gradient, including
+  ceil_mode and padding, and with ties (inputs drawn from 3 values) gives
+  each window's gradient to its first maximum, as reduce_window and PyTorch
+  do."""
   x = jax.random.normal(_key(6), (2, 9, 8, 3))
-  for k, s, p, ceil in [(3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False)]:
+  if ties:
+    x = jnp.round(x).clip(-1, 1)
+  for k, s, p, ceil in [(3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False),
+                        (3, 1, 1, True)]:
     _, pads = layers._pool_pads(x, k, s, p, ceil)[2:]
     pads = [(lo, max(hi, 0)) for lo, hi in pads]  # reduce_window's gradient
     # fails on negative padding (floor mode, rows left unused)
@@ -240,8 +246,14 @@ def test_max_pool_gradient_matches_reduce_window_without_ties():
         [(0, 0)] + pads + [(0, 0)])
     ours = lambda x: layers.max_pool(x, k, s, p, ceil)
     np.testing.assert_array_equal(ours(x), ref(x))
-    g = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
-    np.testing.assert_allclose(g(ours), g(ref), rtol=1e-6)
+    w = jax.random.normal(_key(7), ref(x).shape)
+    g = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(w * f(x))))(x)
+    np.testing.assert_array_equal(g(ours), g(ref))
+    if ties:  # the case the test is about does occur
+      assert len(np.unique(np.asarray(x))) == 3
+  jax.test_util.check_grads(lambda x: layers.max_pool(x, 3, 2, 1),
+                            (jax.random.normal(_key(8), (1, 6, 5, 2)),),
+                            order=1, modes=["rev"], eps=1e-3)
 
 
 def test_conv_bad_padding_raises():

@@ -176,8 +176,11 @@ def test_a_killed_and_a_preempted_job_resume_where_they_stopped(tmp_path):
   SIGTERM (the preemption notice) to the launcher: both processes
   checkpoint one agreed step, exit 75, and the same command finishes. The
   final network equals an uninterrupted two-process run."""
+  # 10 epochs of 3 steps: the run must still be going when the preemption
+  # notice reaches both processes (3 epochs ended first on a fast machine).
   command = [sys.executable, LAUNCHER, "--num_processes=2", "--", sys.executable,
-             os.path.join(HERE, "mp_train_check.py"), "nngk", str(tmp_path / "drill")]
+             os.path.join(HERE, "mp_train_check.py"), "nngk", str(tmp_path / "drill"),
+             "0", "10"]
   proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=_env(), start_new_session=True)
   _wait_for_checkpoint(tmp_path / "drill", 2, proc)
@@ -197,7 +200,7 @@ def test_a_killed_and_a_preempted_job_resume_where_they_stopped(tmp_path):
   assert out.returncode == 0, out.stdout[-3000:]
   assert f"restored step {seen[0]['preempted']}" in out.stdout
   reference = _launch([sys.executable, os.path.join(HERE, "mp_train_check.py"), "nngk",
-                       str(tmp_path / "uninterrupted")])
+                       str(tmp_path / "uninterrupted"), "0", "10"])
   assert reference.returncode == 0, reference.stdout[-3000:]
   worst, diff, scale = _worst_difference(tmp_path / "uninterrupted", tmp_path / "drill")
   assert diff <= 1e-6 * scale, (worst, diff, scale)

@@ -34,10 +34,7 @@ class SmallCNN(nn.Module):
                        momentum=0.9, name=f"bn{i + 1}")(x)
       x = nn.relu(x)
       if min(x.shape[1:3]) >= 2:
-        # reduce_window, not layers.max_pool: flat image regions tie the
-        # maximum, and the slice form's shared subgradient trains one CPU
-        # device differently from several (tests/test_multi_process.py).
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = layers.max_pool(x, 2, 2)
       feats[f"block{i + 1}"] = x
     feats["pooled"] = (jnp.max(x, axis=(1, 2)) if self.pooling == "max"
                        else jnp.mean(x, axis=(1, 2)))
