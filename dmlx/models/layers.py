@@ -5,7 +5,7 @@
   ``[c_out]`` -- so checkpoints are interchangeable. A 1x1 convolution is one
   2-D matrix product, and a convolution whose output map is small (both
   spatial sides <= ``im2col_max_size``, known statically at trace time) is
-  im2col + one matrix product (``einsum``): XLA:CPU runs
+  im2col + one matrix product: XLA:CPU runs
   ``lax.conv_general_dilated`` on maps of 1x1..4x4 at a few GFLOP/s and 1x1
   convolutions (forward and backward) at 9-32, a matmul at ~35-60 (see
   ``DEFAULT_IM2COL_MAX_SIZE``).
@@ -35,7 +35,7 @@ Array = jax.Array
 Dtype = Any
 PaddingLike = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
 
-# Largest spatial side of a Conv *output* map computed by im2col + einsum.
+# Largest spatial side of a Conv *output* map computed by im2col + matmul.
 # Measured with this repo's Conv on a 2-core XLA:CPU machine (shared, noisy),
 # fwd+bwd, batch 32, C_in = C_out = 512, ms per step (lax / im2col):
 #   3x3 stride 1, input 1x1: 28 / 8     2x2: 794 / 17    3x3: 35 / 28
@@ -122,7 +122,7 @@ def im2col_conv2d(
     kernel: ``[kh, kw, C_in, C_out]``.
     strides: ``(sh, sw)``.
     padding: explicit ``[(lo, hi), (lo, hi)]``.
-    precision: passed to ``jnp.einsum``.
+    precision: passed to ``jnp.dot``.
 
   Returns:
     ``[B, H_out, W_out, C_out]``.
@@ -135,9 +135,14 @@ def im2col_conv2d(
         f"kernel {kernel.shape[:2]} larger than padded input {(hp, wp)}")
   out_size = ((hp - kh) // strides[0] + 1, (wp - kw) // strides[1] + 1)
   taps = window_taps(x, (kh, kw), strides, padding, out_size=out_size)
-  patches = jnp.stack(taps, axis=3)  # [B, ho, wo, kh*kw, C_in]
-  w = kernel.reshape((kh * kw,) + kernel.shape[2:])
-  return jnp.einsum("bhwkc,kco->bhwo", patches, w, precision=precision)
+  # [B * ho * wo, kh * kw * C_in] @ [kh * kw * C_in, C_out]: the (tap,
+  # channel) order of both operands is their memory order. A 5-D einsum
+  # contracts them as (channel, tap), and XLA copies both into that order
+  # in the forward and the backward pass (six transposes a convolution).
+  patches = jnp.stack(taps, axis=3).reshape(-1, kh * kw * kernel.shape[2])
+  y = jnp.dot(patches, kernel.reshape(-1, kernel.shape[3]),
+              precision=precision)
+  return y.reshape((x.shape[0],) + out_size + (kernel.shape[3],))
 
 
 def pointwise_conv2d(x: Array, kernel: Array, strides: tuple[int, int],
@@ -160,7 +165,7 @@ def pointwise_conv2d(x: Array, kernel: Array, strides: tuple[int, int],
 
 
 class Conv(nn.Module):
-  """``flax.linen.Conv`` (2-D) with an im2col + einsum path for small maps.
+  """``flax.linen.Conv`` (2-D) with an im2col + matmul path for small maps.
 
   Same attributes (the subset the backbones use), parameter names, shapes and
   initialisers as ``nn.Conv``; the output is the same convolution whichever
