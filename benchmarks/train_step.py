@@ -115,9 +115,10 @@ def _conv_setting(conv: str) -> dict:
                    f"{layers.DEFAULT_IM2COL_MAX_SIZE})")
 
 
-def dmlx_step(net: str, conv: str, steps: int, workdir: str) -> dict:
-  """Times dmlx's train step of ``net``; images/s, compile s, FLOPs."""
-  import jax  # pylint: disable=g-import-not-at-top
+def build_step(net: str, conv: str, workdir: str):
+  """dmlx's train step of ``net`` as ``launch/train.py`` builds it: returns
+  ``(run, state, batches, step)``, ``step`` the jitted, uncompiled step and
+  ``batches`` one epoch's first batches from the run's own sampler."""
   import configs  # pylint: disable=g-import-not-at-top
   from dmlx.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
 
@@ -139,7 +140,15 @@ def dmlx_step(net: str, conv: str, steps: int, workdir: str) -> dict:
   state, host = run_lib.fresh_state(run)
   samplers = loop._samplers(run, state, host, 0)  # pylint: disable=protected-access
   batches = loop._batches(run, samplers, 0, host)  # pylint: disable=protected-access
-  step = run_lib.jit_train_step(run)
+  return run, state, batches, run_lib.jit_train_step(run)
+
+
+def dmlx_step(net: str, conv: str, steps: int, workdir: str) -> dict:
+  """Times dmlx's train step of ``net``; images/s, compile s, FLOPs."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  batch = NETS[net][1]
+  run, state, batches, step = build_step(net, conv, workdir)
   t = time.perf_counter()
   compiled = step.lower(state, batches).compile()
   compile_s = time.perf_counter() - t
