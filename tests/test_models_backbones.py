@@ -11,7 +11,7 @@ import jax.test_util
 import numpy as np
 import pytest
 
-from dmlx.models import layers
+from dmlx.models import layers, pooling
 from dmlx.models.inception import BNInception, GoogLeNet
 from dmlx.models.resnet import ResNet18, ResNet50
 from dmlx.models.vgg import TORCHVISION_VGG16_BN_INDEX, VGG16BN
@@ -238,7 +238,7 @@ def test_max_pool_gradient_matches_reduce_window(ties):
     x = jnp.round(x).clip(-1, 1)
   for k, s, p, ceil in [(3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False),
                         (3, 1, 1, True), (2, 3, 0, False), (3, 3, 1, True)]:
-    _, pads = layers._pool_pads(x, k, s, p, ceil)[2:]
+    _, pads = pooling._pool_pads(x, k, s, p, ceil)[2:]
     pads = [(lo, max(hi, 0)) for lo, hi in pads]  # reduce_window's gradient
     # fails on negative padding (floor mode, rows left unused)
     ref = lambda x: jax.lax.reduce_window(

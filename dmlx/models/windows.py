@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -36,3 +37,18 @@ def window_taps(x: Array, window: Sequence[int], stride: Sequence[int],
   ho, wo = (int(o) for o in out_size)
   return [xp[..., u:u + (ho - 1) * s0 + 1:s0, v:v + (wo - 1) * s1 + 1:s1, :]
           for u in range(int(window[0])) for v in range(int(window[1]))]
+
+
+def pair(x: int | Sequence[int], what: str) -> tuple[int, int]:
+  """``x`` as an ``(int, int)`` pair; ``what`` names it in the error."""
+  if isinstance(x, (int, np.integer)):
+    return int(x), int(x)
+  x = tuple(int(v) for v in x)
+  if len(x) != 2:
+    raise ValueError(f"{what} must be an int or a pair, got {x!r}")
+  return x
+
+
+def single_cpu_device() -> bool:
+  """Whether the CPU-only slice forms apply (one XLA:CPU device)."""
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
