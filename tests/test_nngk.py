@@ -330,6 +330,16 @@ def _settings(**method) -> nngk_method.Config:
   return nngk_method.METHOD.settings(_config(**method))
 
 
+def test_a_feature_the_network_lacks_is_refused_before_training():
+  """``method.feature`` must name a network output: the centre bank's shape
+  is read from it when the state is made, before anything compiles."""
+  info = ModelInfo(4, 200, 6, feature_dims={"embedding": 6, "pooled": 32})
+  with pytest.raises(ValueError, match=r"config.method.feature = 'fc7'.*pooled"):
+    nngk_method.METHOD.init_state(_settings(feature="fc7"), info)
+  state = nngk_method.METHOD.init_state(_settings(feature="pooled"), info)
+  assert state.device.centres.shape == (200, 32)
+
+
 def test_refresh_static_shapes_and_logs_time():
   rng = np.random.default_rng(9)
   train = _dataset(rng.integers(0, 4, 200))

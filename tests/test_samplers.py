@@ -119,3 +119,17 @@ def test_proportional_pk_draws_classes_by_size():
   np.testing.assert_array_equal(s.batch(17), s.batch(17))
   with pytest.raises(ValueError, match="two or more images"):
     ProportionalPKSampler(labels, 4, 2)
+
+
+def test_a_batch_larger_than_memory_is_refused_naming_the_keys():
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  pk = ConfigDict({"name": "pk", "classes_per_batch": 8, "images_per_class": 4,
+                   "batch_size": 32})
+  samplers.check_batch_fits(pk, (64, 64, 3))     # 32 images: 1.5 MiB
+  pk.images_per_class = 10**9
+  with pytest.raises(ValueError, match=r"images_per_class = 8000000000 images a "
+                     r"batch: 9.16e\+04 GiB of \(32, 32, 3\) float32 images"):
+    samplers.check_batch_fits(pk, (32, 32, 3))
+  rand = ConfigDict({"name": "random", "batch_size": 10**9})
+  with pytest.raises(ValueError, match=r"config.sampler.batch_size = 1000000000"):
+    samplers.check_batch_fits(rand, (32, 32, 3))

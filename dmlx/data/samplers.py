@@ -27,6 +27,7 @@ samplers that depend on it (Magnet's neighbourhoods).
 from __future__ import annotations
 
 import collections
+import os
 import functools
 from typing import Any, Protocol
 
@@ -335,6 +336,36 @@ SAMPLERS = registry.Registry("sampler.name", {
     "proportional_pk": lambda cfg, labels, seed: ProportionalPKSampler(
         labels, cfg.classes_per_batch, cfg.images_per_class, seed),
 })
+
+
+def batch_size(config) -> int:
+  """Images per batch of the sampler that ``config`` (``config.sampler``)
+  names: P x K for the P x K samplers, ``batch_size`` for the others."""
+  if config.name in ("pk", "proportional_pk"):
+    return int(config.classes_per_batch) * int(config.images_per_class)
+  return int(config.batch_size)
+
+
+def check_batch_fits(config, image_shape: tuple[int, ...]) -> None:
+  """Raises ``ValueError`` naming the keys when one batch of ``config``'s
+  sampler, as float32 images of ``image_shape``, would need more memory than
+  this machine has: a typo such as ``images_per_class=10**9`` would otherwise
+  be found only when the first epoch's index arrays (8 GB) are drawn, or by
+  the kernel's OOM killer."""
+  size = batch_size(config)
+  need = size * int(np.prod(image_shape)) * 4
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):   # not a POSIX system
+    return
+  if need <= have:
+    return
+  keys = ("config.sampler.classes_per_batch x config.sampler.images_per_class"
+          if config.name in ("pk", "proportional_pk") else
+          "config.sampler.batch_size")
+  raise ValueError(f"{keys} = {size} images a batch: {need / 2**30:.3g} GiB "
+                   f"of {tuple(image_shape)} float32 images, more than this "
+                   f"machine's {have / 2**30:.3g} GiB of memory.")
 
 
 def make_sampler(config, labels: np.ndarray, seed: int) -> Sampler:

@@ -237,6 +237,14 @@ def check_positive_int(cfg: Any, *names: str, allow_zero: bool = False) -> None:
                        f"got {value!r}.")
 
 
+def check_feature(name: str, layer: str, info: ModelInfo) -> None:
+  """Raises ``ValueError`` naming ``config.method.<name>`` unless ``layer``
+  is one of the network's outputs (``info.feature_dims``, when known)."""
+  if info.feature_dims and layer not in info.feature_dims:
+    raise ValueError(f"config.method.{name} = {layer!r} is not an output of "
+                     f"the network; it has {sorted(info.feature_dims)}.")
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
   """Raises ``ValueError`` naming ``config.method.<name>`` unless ``value``
   is one of ``choices``."""

@@ -296,6 +296,7 @@ def init_state(cfg: Config, info: base.ModelInfo) -> base.MethodState:
   ``[N, k]`` neighbour lists), on the device or, with ``bank_placement =
   'host'``, in the host state."""
   n, k = info.num_train, cfg.num_neighbours
+  base.check_feature("feature", cfg.feature, info)
   dim = info.feature_dims.get(cfg.feature, info.embedding_dim)
   bank = CentreBank(centres=np.zeros((n, dim), np.float32),
                     labels=np.zeros((n,), np.int32),

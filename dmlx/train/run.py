@@ -137,6 +137,8 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
              f"{train.num_classes} classes, test {len(test)} images / "
              f"{test.num_classes} classes ({config.data.split})")
   evaluators_lib.check_few_shot(config.eval, test)
+  size = data_cfg.crop_size or data_cfg.image_size
+  samplers_lib.check_batch_fits(config.sampler, (size, size, train.images.shape[-1]))
   model = models.build_model(config.model)
   info = _model_info(model, train, data_cfg.crop_size or data_cfg.image_size)
   unknown = [l for l in layers if l.partition("@")[0] not in info.feature_dims]
