@@ -180,7 +180,14 @@ def embed_checkpoints(config, workdir: str, steps=None) -> dict:
   train and test sets: ``{step: {'train': [N, D], 'test': [Q, D]}}`` plus
   ``'datasets'`` and ``'method_params'`` (of the latest)."""
   from dmlx import train  # pylint: disable=g-import-not-at-top
-  restored = train.restore(config, workdir)
+  if steps == [0]:   # the untrained network: fresh weights, no checkpoint
+    from dmlx.train import run as run_lib  # pylint: disable=g-import-not-at-top
+    from dmlx.train.restore import Restored  # pylint: disable=g-import-not-at-top
+    run = run_lib.build(config, workdir, quiet=True)
+    state, host = run_lib.fresh_state(run)
+    restored = Restored(run=run, state=state, host=host, step=0)
+  else:
+    restored = train.restore(config, workdir)
   run = restored.run
   datasets = {"train": run.train, "test": run.test}
   out = {"datasets": datasets,
@@ -327,6 +334,9 @@ def run_classification(p: dict, root: str) -> dict:
   the final test embeddings (for the attribute analysis)."""
   out = {"errors": {}, "curves": {}, "magnet_evaluate": None, "seconds": {}}
   embeddings = {}
+  # kNC's K and L (Magnet's evaluation) for every objective: the baselines'
+  # configs carry the loss method's settings, which have neither.
+  knc = make_config("magnet", p).method
   for method in METHODS:
     config = make_config(method, p)
     workdir = os.path.join(root, method)
@@ -341,7 +351,7 @@ def run_classification(p: dict, root: str) -> dict:
     for step in steps:
       curve[step] = classification_errors(
           emb[step]["train"], train_ds.labels, emb[step]["test"],
-          test_ds.labels, K=int(config.method.K), L=int(config.method.L))
+          test_ds.labels, K=int(knc.K), L=int(knc.L))
     out["curves"][method] = {str(s): e for s, e in curve.items()}
     errors = dict(curve[steps[-1]])
     if method == "softmax":
@@ -355,7 +365,7 @@ def run_classification(p: dict, root: str) -> dict:
     embeddings["train_attributes"] = {a: train_ds.attributes[a]
                                       for a in ATTRIBUTES}
     embeddings["train_labels"] = train_ds.labels
-    embeddings["K"] = int(config.method.K)
+    embeddings["K"] = int(knc.K)
     print(f"{method}: {errors} ({final['seconds']:.0f}s)", flush=True)
   out["efficiency"] = efficiency(out["curves"])
   return out, embeddings
@@ -384,7 +394,7 @@ def run_attributes(p: dict, root: str, embeddings: dict) -> tuple[dict, dict]:
   purity of per-class K-means clusters of the training embeddings, with the
   untrained network for reference."""
   config = make_config("magnet", p)
-  untrained = embed_checkpoints(config, os.path.join(root, "untrained"))
+  untrained = embed_checkpoints(config, os.path.join(root, "untrained"), [0])
   embeddings = dict(embeddings, untrained=untrained[0]["test"],
                     untrained_train=untrained[0]["train"])
   names = METHODS + ("untrained",)
