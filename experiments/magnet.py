@@ -175,12 +175,14 @@ def datasets_registered():
 # ----------------------------------------------------------------------------
 
 
-def embed_checkpoints(config, workdir: str, steps=None) -> dict:
+def embed_checkpoints(config, workdir: str, steps=None,
+                      untrained: bool = False) -> dict:
   """Restores checkpoints of ``workdir`` (default: the latest) and embeds the
   train and test sets: ``{step: {'train': [N, D], 'test': [Q, D]}}`` plus
-  ``'datasets'`` and ``'method_params'`` (of the latest)."""
+  ``'datasets'`` and ``'method_params'`` (of the latest). ``untrained``:
+  the run's fresh weights instead, as step 0, with no checkpoint read."""
   from dmlx import train  # pylint: disable=g-import-not-at-top
-  if steps == [0]:   # the untrained network: fresh weights, no checkpoint
+  if untrained:   # fresh weights at step 0, no checkpoint
     from dmlx.train import run as run_lib  # pylint: disable=g-import-not-at-top
     from dmlx.train.restore import Restored  # pylint: disable=g-import-not-at-top
     run = run_lib.build(config, workdir, quiet=True)
@@ -394,7 +396,8 @@ def run_attributes(p: dict, root: str, embeddings: dict) -> tuple[dict, dict]:
   purity of per-class K-means clusters of the training embeddings, with the
   untrained network for reference."""
   config = make_config("magnet", p)
-  untrained = embed_checkpoints(config, os.path.join(root, "untrained"), [0])
+  untrained = embed_checkpoints(config, os.path.join(root, "untrained"),
+                                untrained=True)
   embeddings = dict(embeddings, untrained=untrained[0]["test"],
                     untrained_train=untrained[0]["train"])
   names = METHODS + ("untrained",)

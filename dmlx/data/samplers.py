@@ -27,8 +27,8 @@ samplers that depend on it (Magnet's neighbourhoods).
 from __future__ import annotations
 
 import collections
-import os
 import functools
+import os
 from typing import Any, Protocol
 
 import numpy as np
@@ -338,10 +338,14 @@ SAMPLERS = registry.Registry("sampler.name", {
 })
 
 
+# The samplers whose batch is P x K (classes_per_batch x images_per_class).
+_PK_SAMPLERS = ("pk", "proportional_pk")
+
+
 def batch_size(config) -> int:
   """Images per batch of the sampler that ``config`` (``config.sampler``)
   names: P x K for the P x K samplers, ``batch_size`` for the others."""
-  if config.name in ("pk", "proportional_pk"):
+  if config.name in _PK_SAMPLERS:
     return int(config.classes_per_batch) * int(config.images_per_class)
   return int(config.batch_size)
 
@@ -361,7 +365,7 @@ def check_batch_fits(config, image_shape: tuple[int, ...]) -> None:
   if need <= have:
     return
   keys = ("config.sampler.classes_per_batch x config.sampler.images_per_class"
-          if config.name in ("pk", "proportional_pk") else
+          if config.name in _PK_SAMPLERS else
           "config.sampler.batch_size")
   raise ValueError(f"{keys} = {size} images a batch: {need / 2**30:.3g} GiB "
                    f"of {tuple(image_shape)} float32 images, more than this "

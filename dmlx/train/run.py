@@ -140,7 +140,7 @@ def build(config: Any, workdir: str, *, quiet: bool = False) -> Run:
   size = data_cfg.crop_size or data_cfg.image_size
   samplers_lib.check_batch_fits(config.sampler, (size, size, train.images.shape[-1]))
   model = models.build_model(config.model)
-  info = _model_info(model, train, data_cfg.crop_size or data_cfg.image_size)
+  info = _model_info(model, train, size)
   unknown = [l for l in layers if l.partition("@")[0] not in info.feature_dims]
   if unknown:
     raise ValueError(f"config.eval.layers names {unknown}, not outputs of the "
