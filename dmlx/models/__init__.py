@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from dmlx import registry
 from dmlx.models.heads import EmbeddingNet, l2_normalise
@@ -33,9 +34,37 @@ def get_backbone(name: str, **kwargs: Any) -> nn.Module:
   return BACKBONES.get(name)(**kwargs)
 
 
+# config.model.dtype -> the backbone's computation dtype.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+                  "float16": jnp.float16}
+
+
+def compute_dtype(name: str) -> Any:
+  """The computation dtype named by ``config.model.dtype``; ValueError
+  naming the value otherwise."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype: {name!r} is not one of "
+                     f"{sorted(COMPUTE_DTYPES)}.")
+  return COMPUTE_DTYPES[name]
+
+
 def build_model(cfg) -> EmbeddingNet:
-  """The :class:`EmbeddingNet` described by ``config.model``."""
+  """The :class:`EmbeddingNet` described by ``config.model``.
+
+  ``cfg.dtype`` (default ``'float32'``) is the backbone's computation dtype:
+  ``'bfloat16'`` runs its convolutions, matmuls and BatchNorm arithmetic in
+  bfloat16 (parameters, BatchNorm statistics and optimiser state stay
+  float32), and the head, the embedding and every feature a method reads are
+  float32, so the losses are computed as in float32 training.
+  """
+  dtype = compute_dtype(cfg.get("dtype", "float32"))
   backbone = get_backbone(cfg.backbone, **dict(cfg.backbone_kwargs))
+  if dtype != jnp.float32:
+    if not hasattr(backbone, "dtype"):
+      raise ValueError(
+          f"config.model.dtype={cfg.dtype!r}: backbone {cfg.backbone!r} has "
+          f"no computation dtype (it runs in float32 only).")
+    backbone = backbone.clone(dtype=dtype)
   return EmbeddingNet(
       backbone=backbone,
       embedding_dim=cfg.embedding_dim,
@@ -44,8 +73,9 @@ def build_model(cfg) -> EmbeddingNet:
       scale=cfg.scale,
       dropout=cfg.dropout,
       aux_embedding_dim=cfg.aux_embedding_dim,
-      input_layer=cfg.input_layer)
+      input_layer=cfg.input_layer,
+      dtype=dtype)
 
 
-__all__ = ["BACKBONES", "EmbeddingNet", "SmallCNN", "build_model",
-           "get_backbone", "l2_normalise"]
+__all__ = ["BACKBONES", "COMPUTE_DTYPES", "EmbeddingNet", "SmallCNN",
+           "build_model", "compute_dtype", "get_backbone", "l2_normalise"]

@@ -38,7 +38,7 @@ class EmbeddingNet(nn.Module):
   dropout: float = 0.0
   aux_embedding_dim: int = 0
   input_layer: str = "pooled"         # which backbone feature feeds the head
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32            # the backbone's; the head runs in float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -48,6 +48,8 @@ class EmbeddingNet(nn.Module):
     training mode of the loss, without dropout)."""
     dropout = train if dropout is None else dropout
     feats = dict(self.backbone(x, train=train))
+    if self.dtype != jnp.float32:   # a bfloat16 backbone: head and features in float32
+      feats = {k: v.astype(jnp.float32) for k, v in feats.items()}
     h = feats[self.input_layer]
     if h.ndim == 4:
       h = jnp.max(h, axis=(1, 2))
