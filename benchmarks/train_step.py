@@ -30,6 +30,17 @@ Threads: each setting runs in its own process pinned to that many cores
   python benchmarks/train_step.py --quick                 # small CNN + ResNet-18
   python benchmarks/train_step.py --host-memory=keep,system   # both malloc modes
 
+On a GPU (``--platform=gpu``, the device machine when one is lent) both
+sides run there in one process: by default at 224 px, batch 128, with
+bfloat16 computation (dmlx: ``config.model.dtype='bfloat16'``; PyTorch:
+``torch.autocast`` in bfloat16, channels-last), and the row adds the
+model-FLOPs utilisation ``mfu``: achieved FLOP/s over the chip's dense bf16
+datasheet rate (:data:`DATASHEET_BF16`), beside the fraction of a measured
+8192² bf16 matmul. ``--dtype``, ``--image-size`` and ``--batch`` override
+either platform's defaults.
+
+  python benchmarks/train_step.py --platform=gpu --nets=resnet50,bn_inception
+
 ``--host-memory`` is :mod:`dmlx.host_memory`'s mode in the child (default
 ``auto``, as ``launch/train.py``: freed memory kept in the process on CPU).
 It is process-wide, so the PyTorch side runs under the same mode.
@@ -61,11 +72,24 @@ NETS = {
 }
 EMBEDDING_DIM = 128
 MARGIN = 0.2
+# --platform=gpu defaults: the papers' input size, a GPU-sized batch, bf16.
+GPU_SETTINGS = {"image_size": 224, "batch": 128, "dtype": "bfloat16"}
+# Dense bf16 FLOP/s by device kind (vendor datasheets, SXM parts): MFU's
+# denominator.
+DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def _parse(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--nets", default=",".join(NETS))
+  p.add_argument("--platform", default="cpu", choices=("cpu", "gpu"))
+  p.add_argument("--dtype", default="",
+                 help="computation dtype, float32 | bfloat16 (default: "
+                 "float32 on cpu, bfloat16 on gpu)")
+  p.add_argument("--image-size", type=int, default=0,
+                 help="input size (default: each net's on cpu, 224 on gpu)")
+  p.add_argument("--batch", type=int, default=0,
+                 help="batch size (default: each net's on cpu, 128 on gpu)")
   p.add_argument("--threads", default="1,2")
   p.add_argument("--steps", type=int, default=5, help="timed steps per side")
   p.add_argument("--conv", default="default",
@@ -83,10 +107,27 @@ def _parse(argv=None):
   args = p.parse_args(argv)
   if args.quick:
     args.nets, args.threads, args.steps = "small_cnn,resnet18", "1", 3
+  if args.dtype not in ("", "float32", "bfloat16"):
+    raise ValueError(f"--dtype: {args.dtype!r} is not float32 or bfloat16")
+  gpu = args.platform == "gpu"
+  args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+  if gpu:
+    args.image_size = args.image_size or GPU_SETTINGS["image_size"]
+    args.batch = args.batch or GPU_SETTINGS["batch"]
+  if args.batch and args.batch % 4:
+    raise ValueError(f"--batch: {args.batch} is not a multiple of 4 (P x 4)")
   return args
 
 
+def shape(net: str, args) -> tuple[int, int]:
+  """(image size, batch) of ``net`` under ``args``' overrides."""
+  size, batch, _ = NETS[net]
+  return args.image_size or size, args.batch or batch
+
+
 def _median_time(fn, steps: int) -> float:
+  """Median seconds of ``steps`` calls of ``fn`` after two warm-up calls
+  (``fn`` blocks until its device work is done)."""
   fn()
   fn()
   times = []
@@ -115,17 +156,22 @@ def _conv_setting(conv: str) -> dict:
                    f"{layers.DEFAULT_IM2COL_MAX_SIZE})")
 
 
-def build_step(net: str, conv: str, workdir: str):
+def build_step(net: str, conv: str, workdir: str, *, size: int = 0,
+               batch: int = 0, dtype: str = "float32"):
   """dmlx's train step of ``net`` as ``launch/train.py`` builds it: returns
   ``(run, state, batches, step)``, ``step`` the jitted, uncompiled step and
-  ``batches`` one epoch's first batches from the run's own sampler."""
+  ``batches`` one epoch's first batches from the run's own sampler.
+  ``size`` / ``batch`` (0: the net's) and ``dtype`` override the input size,
+  batch and ``config.model.dtype``."""
   import configs  # pylint: disable=g-import-not-at-top
   from dmlx.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
 
-  size, batch, kwargs = NETS[net]
+  default_size, default_batch, kwargs = NETS[net]
+  size, batch = size or default_size, batch or default_batch
   config = configs.load("baselines.py:loss=triplet_semihard")
   config.model.backbone = net
   config.model.backbone_kwargs = {**kwargs, **_conv_setting(conv)}
+  config.model.dtype = dtype
   config.model.embedding_dim = EMBEDDING_DIM
   config.loss.kwargs.margin = MARGIN
   config.data.image_size = size + size // 8
@@ -143,12 +189,14 @@ def build_step(net: str, conv: str, workdir: str):
   return run, state, batches, run_lib.jit_train_step(run)
 
 
-def dmlx_step(net: str, conv: str, steps: int, workdir: str) -> dict:
+def dmlx_step(net: str, conv: str, steps: int, workdir: str, *,
+              size: int = 0, batch: int = 0, dtype: str = "float32") -> dict:
   """Times dmlx's train step of ``net``; images/s, compile s, FLOPs."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  batch = NETS[net][1]
-  run, state, batches, step = build_step(net, conv, workdir)
+  run, state, batches, step = build_step(net, conv, workdir, size=size,
+                                         batch=batch, dtype=dtype)
+  batch = run.config.sampler.batch_size
   t = time.perf_counter()
   compiled = step.lower(state, batches).compile()
   compile_s = time.perf_counter() - t
@@ -185,14 +233,18 @@ def _step_cost(run, state, batches) -> dict:
 # ----------------------------------------------------------------- torch side
 
 
-def torch_step(net: str, steps: int) -> dict:
-  """Times the PyTorch + PML step of the same network, loss and optimiser."""
+def torch_step(net: str, steps: int, *, size: int = 0, batch: int = 0,
+               dtype: str = "float32", device: str = "cpu") -> dict:
+  """Times the PyTorch + PML step of the same network, loss and optimiser;
+  on ``device='cuda'`` channels-last, and ``dtype='bfloat16'`` under
+  ``torch.autocast`` (the loss in float32, as dmlx's)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from pytorch_metric_learning import distances, losses, miners  # pylint: disable=g-import-not-at-top
   from dmlx.models import torch_reference  # pylint: disable=g-import-not-at-top
 
-  size, batch, kwargs = NETS[net]
+  default_size, default_batch, kwargs = NETS[net]
+  size, batch = size or default_size, batch or default_batch
   n = torch_reference.torch_nets(torch)
   backbone = {
       "small_cnn": lambda: n["SmallCNN"](**kwargs),
@@ -205,6 +257,10 @@ def torch_step(net: str, steps: int) -> dict:
   feat_dim = probe.shape[1]
   pool = probe.dim() == 4
   head = torch.nn.Linear(feat_dim, EMBEDDING_DIM)
+  memory_format = (torch.channels_last if device == "cuda"
+                   else torch.contiguous_format)
+  backbone = backbone.to(device, memory_format=memory_format)
+  head = head.to(device)
   backbone.train()
   params = list(backbone.parameters()) + list(head.parameters())
   opt = torch.optim.Adam(params, lr=1e-3)
@@ -214,38 +270,51 @@ def torch_step(net: str, steps: int) -> dict:
                                     distance=lp)
   rng = np.random.default_rng(0)
   images = torch.from_numpy(rng.uniform(0, 1, (batch, 3, size, size))
-                            .astype(np.float32))
-  labels = torch.from_numpy(np.repeat(np.arange(batch // 4), 4))
-  mean = torch.tensor([0.45] * 3).view(1, 3, 1, 1)
-  std = torch.tensor([0.3] * 3).view(1, 3, 1, 1)
+                            .astype(np.float32)).to(
+                                device, memory_format=memory_format)
+  labels = torch.from_numpy(np.repeat(np.arange(batch // 4), 4)).to(device)
+  mean = torch.tensor([0.45] * 3, device=device).view(1, 3, 1, 1)
+  std = torch.tensor([0.3] * 3, device=device).view(1, 3, 1, 1)
+  autocast = torch.autocast(device, dtype=torch.bfloat16,
+                            enabled=dtype == "bfloat16")
   out = {}
 
   def one():
-    flip = torch.rand(batch) < 0.5
+    flip = torch.rand(batch, device=device) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
     x = (x - mean) / std
-    f = backbone(x)
-    if pool:
-      f = f.mean(dim=(2, 3))
-    e = torch.nn.functional.normalize(head(f), dim=1)
+    with autocast:
+      f = backbone(x)
+      if pool:
+        f = f.mean(dim=(2, 3))
+    e = torch.nn.functional.normalize(head(f.float()), dim=1)
     loss = loss_fn(e, labels, miner(e, labels))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    out["loss"] = float(loss.detach())
+    out["loss"] = float(loss.detach())   # waits for the device
 
   seconds = _median_time(one, steps)
   return {"img_per_s": batch / seconds, "step_s": seconds, "loss": out["loss"]}
 
 
-def matmul_peak() -> float:
-  """FLOP/s of a 2048² float32 jnp.dot in this process (median of 7)."""
+def matmul_peak(n: int = 2048, dtype: str = "float32") -> float:
+  """FLOP/s of an n² jnp.dot in ``dtype`` in this process (median of 7)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
   f = jax.jit(lambda a: a @ a)
   seconds = _median_time(lambda: jax.block_until_ready(f(a)), 7)
-  return 2 * 2048**3 / seconds
+  return 2 * n**3 / seconds
+
+
+def datasheet_peak() -> tuple[str, float | None]:
+  """(device kind, its dense bf16 FLOP/s from :data:`DATASHEET_BF16` or
+  None) of JAX's first device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  kind = jax.devices()[0].device_kind
+  rate = next((r for name, r in DATASHEET_BF16.items() if name in kind), None)
+  return kind, rate
 
 
 def child(args) -> None:
@@ -254,25 +323,38 @@ def child(args) -> None:
   memory = host_memory.configure(args.host_memory)  # before jax or torch runs
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.child)
-  peak = matmul_peak()
+  gpu = args.platform == "gpu"
+  peak = (matmul_peak(8192, args.dtype) if gpu
+          else matmul_peak(2048, "float32"))
+  kind, datasheet = datasheet_peak() if gpu else ("cpu", None)
   rows = []
   with tempfile.TemporaryDirectory(prefix="dmlx_train_step_") as tmp:
     for net in args.nets.split(","):
-      size, batch, _ = NETS[net]
-      tr = None if args.no_torch else torch_step(net, args.steps)
+      size, batch = shape(net, args)
+      setting = {"size": size, "batch": batch, "dtype": args.dtype}
+      tr = None if args.no_torch else torch_step(
+          net, args.steps, device="cuda" if gpu else "cpu", **setting)
       for conv in args.conv.split(","):
-        dm = dmlx_step(net, conv, args.steps, os.path.join(tmp, f"{net}_{conv}"))
+        dm = dmlx_step(net, conv, args.steps,
+                       os.path.join(tmp, f"{net}_{conv}"), **setting)
         per_img = dm["flops"] / batch
         row = {"net": net, "image_size": size, "batch": batch, "conv": conv,
+               "platform": args.platform, "device_kind": kind,
+               "dtype": args.dtype,
                "threads": args.child, "host_memory": memory,
                "matmul_peak_gflops": peak / 1e9,
                "step_gflop": dm["flops"] / 1e9,
                "roofline_img_per_s": peak / per_img if per_img else None,
                "dmlx": {**dm, "gflops": per_img * dm["img_per_s"] / 1e9,
                         "peak_fraction": per_img * dm["img_per_s"] / peak}}
+        if datasheet:
+          row["datasheet_bf16_tflops"] = datasheet / 1e12
+          row["dmlx"]["mfu"] = per_img * dm["img_per_s"] / datasheet
         if tr is not None:
           row["torch"] = {**tr, "gflops": per_img * tr["img_per_s"] / 1e9,
                           "peak_fraction": per_img * tr["img_per_s"] / peak}
+          if datasheet:
+            row["torch"]["mfu"] = per_img * tr["img_per_s"] / datasheet
           row["dmlx_over_torch"] = dm["img_per_s"] / tr["img_per_s"]
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -283,7 +365,8 @@ def _print(rows) -> None:
           f"{'memory':>6s} "
           f"{'dmlx img/s':>10s} {'torch img/s':>11s} {'ratio':>6s} "
           f"{'GFLOP/img':>9s} {'dmlx GF/s':>9s} {'torch GF/s':>10s} "
-          f"{'peak GF/s':>9s} {'roofline':>8s} {'compile s':>9s}")
+          f"{'peak GF/s':>9s} {'roofline':>8s} {'compile s':>9s} "
+          f"{'dtype':>8s} {'MFU':>11s}")
   print(head)
   print("-" * len(head))
   for r in rows:
@@ -296,7 +379,18 @@ def _print(rows) -> None:
           f"{r['step_gflop'] / r['batch']:9.2f} {r['dmlx']['gflops']:9.1f} "
           f"{tr.get('gflops', float('nan')):10.1f} "
           f"{r['matmul_peak_gflops']:9.1f} {r['roofline_img_per_s'] or 0:8.1f} "
-          f"{r['dmlx']['compile_s']:9.1f}")
+          f"{r['dmlx']['compile_s']:9.1f} {r.get('dtype', 'float32'):>8s} "
+          f"{_mfu(r)}")
+
+
+def _mfu(row) -> str:
+  """``dmlx / torch`` model-FLOPs utilisation, where a datasheet rate is
+  known (GPU rows)."""
+  if "mfu" not in row["dmlx"]:
+    return f"{'-':>11s}"
+  torch_mfu = row.get("torch", {}).get("mfu")
+  return (f"{row['dmlx']['mfu']:5.1%}/" +
+          (f"{torch_mfu:5.1%}" if torch_mfu is not None else "-"))
 
 
 def main(argv=None) -> None:
@@ -314,7 +408,10 @@ def main(argv=None) -> None:
   for memory in memories:
     if memory not in ("auto", "keep", "system"):
       raise ValueError(f"--host-memory: {memory!r} is not auto, keep or system")
-  settings = [(int(t), m) for t in args.threads.split(",") for m in memories]
+  gpu = args.platform == "gpu"
+  threads_list = ([os.cpu_count()] if gpu
+                  else [int(t) for t in args.threads.split(",")])
+  settings = [(t, m) for t in threads_list for m in memories]
   for threads, memory in settings:
     if not 1 <= threads <= os.cpu_count():
       raise ValueError(f"--threads: {threads} is not in 1..{os.cpu_count()}")
@@ -323,12 +420,15 @@ def main(argv=None) -> None:
       flags = "--xla_cpu_multi_thread_eigen=false " + flags
     env = {**os.environ, "XLA_FLAGS": flags.strip(),
            "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cuda" if gpu else "cpu"}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is measured
-    cmd = ["taskset", "-c", ",".join(str(c) for c in range(threads)),
-           sys.executable, os.path.abspath(__file__), f"--child={threads}",
+    cmd = [sys.executable, os.path.abspath(__file__), f"--child={threads}",
            f"--nets={args.nets}", f"--steps={args.steps}", f"--conv={args.conv}",
-           f"--host-memory={memory}"]
+           f"--host-memory={memory}", f"--platform={args.platform}",
+           f"--dtype={args.dtype}", f"--image-size={args.image_size}",
+           f"--batch={args.batch}"]
+    if not gpu:
+      cmd = ["taskset", "-c", ",".join(str(c) for c in range(threads))] + cmd
     if args.no_torch:
       cmd.append("--no-torch")
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -339,6 +439,7 @@ def main(argv=None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   meta = {"jax": jax.__version__, "torch": torch.__version__,
+          "platform": args.platform, "dtype": args.dtype,
           "xla_flags": args.xla_flags, "cpu_count": os.cpu_count(),
           "machine": platform.platform(), "cpu": _common.cpu(),
           "load_average": os.getloadavg(), "steps": args.steps,
