@@ -474,3 +474,14 @@ def test_bad_config_raises():
     _settings(sigmaa=1.0)
   with pytest.raises(TypeError, match=r"config\.method\.num_neighbours"):
     _settings(num_neighbours="100")
+
+
+def test_the_bank_is_embedded_in_batches_of_the_training_batch_size():
+  """bank_bn='batch' embeds the centres in chunks of the training batch's
+  size: P x K for both P x K samplers (proportional_pk included)."""
+  for name, want in (("pk", 12), ("proportional_pk", 12), ("random", 32)):
+    sampler = ml_collections.ConfigDict({
+        "name": name, "classes_per_batch": 3, "images_per_class": 4,
+        "batch_size": 32})
+    config = ml_collections.ConfigDict({"sampler": sampler})
+    assert nngk_method._batch_size(config) == want, name  # pylint: disable=protected-access

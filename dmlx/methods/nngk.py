@@ -62,7 +62,8 @@ Config fields read (``config.method.*``; defaults follow the paper):
   example without a positive changes the weight of the others.
 * ``bank_bn`` (str, default 'batch'): how the centres are embedded.
   'batch': BatchNorm on the statistics of random batches of
-  ``bank_batch_size`` (0 = ``config.sampler.batch_size``), without dropout,
+  ``bank_batch_size`` (0 = the training batch's size, P x K for the P x K
+  samplers), without dropout,
   the mode the loss's current embeddings are computed in, so eq. 3 compares
   points of one space; 'inference': BatchNorm's running averages (dmlx
   before 2026-12; with a network whose statistics move fast the bank and the
@@ -96,6 +97,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dmlx import index as dmlx_index
+from dmlx.data import samplers
 from dmlx.index import self_join
 from dmlx import losses
 from dmlx.losses import CentreBank
@@ -220,13 +222,11 @@ def build_bank(embeddings: np.ndarray, labels: np.ndarray, *,
 
 
 def _batch_size(config) -> int:
-  """The training batch size of ``config``'s sampler."""
+  """The training batch size of ``config``'s sampler (P x K for both P x K
+  samplers; ``proportional_pk`` used to get ``sampler.batch_size`` here)."""
   if config is None:
     return 256
-  sampler = config.sampler
-  if sampler.name == "pk":
-    return int(sampler.classes_per_batch * sampler.images_per_class)
-  return int(sampler.batch_size)
+  return samplers.batch_size(config.sampler)
 
 
 def _bank_stats(bank: CentreBank, sq_dist: np.ndarray,
