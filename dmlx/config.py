@@ -70,7 +70,7 @@ def base_config() -> ConfigDict:
   c.model.dropout = 0.0
   c.model.aux_embedding_dim = 0     # MIC's auxiliary encoder E_β
   c.model.input_layer = "pooled"
-  c.model.dtype = "float32"         # backbone computation: float32 | bfloat16 | float16
+  c.model.dtype = "float32"         # backbone computation: float32 | bfloat16
   c.model.pretrained = ""           # path written by launch/convert_weights.py
   c.model.reinit_layers = ""        # comma-separated layers put back to their fresh
                                     # initialisation after loading pretrained weights (Vo & Hays NetB)

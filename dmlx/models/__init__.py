@@ -35,8 +35,8 @@ def get_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 
 # config.model.dtype -> the backbone's computation dtype.
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-                  "float16": jnp.float16}
+# (no float16: it would need loss scaling, which dmlx does not do).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str) -> Any:

@@ -126,7 +126,7 @@ RULES: dict[str, Rule] = {
     "model.dropout": _real(0, 1, open_high=True),
     "model.aux_embedding_dim": _int(0),
     "model.input_layer": _nonempty,
-    "model.dtype": _choice("float32", "bfloat16", "float16"),
+    "model.dtype": _choice("float32", "bfloat16"),
     "optim.name": _choice("adam", "adamw", "sgd"),
     "optim.lr": _real(0, open_low=True),
     "optim.backbone_lr_mult": _real(0),
