@@ -326,7 +326,11 @@ def child(args) -> None:
   gpu = args.platform == "gpu"
   peak = (matmul_peak(8192, args.dtype) if gpu
           else matmul_peak(2048, "float32"))
+  # MFU only for bf16 rows: a float32 step has no single datasheet rate
+  # (XLA may run its matmuls in TF32).
   kind, datasheet = datasheet_peak() if gpu else ("cpu", None)
+  if args.dtype != "bfloat16":
+    datasheet = None
   rows = []
   with tempfile.TemporaryDirectory(prefix="dmlx_train_step_") as tmp:
     for net in args.nets.split(","):
