@@ -485,3 +485,24 @@ def test_the_bank_is_embedded_in_batches_of_the_training_batch_size():
         "batch_size": 32})
     config = ml_collections.ConfigDict({"sampler": sampler})
     assert nngk_method._batch_size(config) == want, name  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("batch", [1, 4, 7])
+def test_blocked_bank_distances_match_numpy_with_gradients(batch):
+  """The blocked custom-VJP distances to the stored centres: values and the
+  embeddings' gradient against NumPy, any batch size (padded blocks)."""
+  from dmlx.losses._nngk import squared_distances_to_bank  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(batch)
+  x = rng.randn(batch, 5)
+  centres = rng.randn(11, 5)
+  nbrs = rng.randint(0, 11, size=(batch, 6)).astype(np.int32)
+  g = rng.randn(batch, 6)
+  want = np.sum((x[:, None, :] - centres[nbrs]) ** 2, axis=-1)
+  want_dx = 2 * np.sum(g[..., None] * (x[:, None, :] - centres[nbrs]), axis=1)
+  xj, cj = jnp.asarray(x, jnp.float32), jnp.asarray(centres, jnp.float32)
+  got, vjp = jax.vjp(lambda x: squared_distances_to_bank(x, cj, nbrs), xj)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], want_dx,
+                             rtol=1e-5, atol=1e-5)
+  check_grads(lambda x: squared_distances_to_bank(x, cj, nbrs), (xj,),
+              order=1, modes=["rev"], eps=1e-2, atol=1e-2, rtol=1e-2)
