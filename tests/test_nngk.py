@@ -491,7 +491,7 @@ def test_the_bank_is_embedded_in_batches_of_the_training_batch_size():
 def test_blocked_bank_distances_match_numpy_with_gradients(batch):
   """The blocked custom-VJP distances to the stored centres: values and the
   embeddings' gradient against NumPy, any batch size (padded blocks)."""
-  from dmlx.losses._nngk import squared_distances_to_bank  # pylint: disable=g-import-not-at-top
+  from dmlx.losses._bank_distances import squared_distances_to_bank  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(batch)
   x = rng.randn(batch, 5)
   centres = rng.randn(11, 5)
