@@ -121,8 +121,14 @@ def _parse(argv=None):
 
 def shape(net: str, args) -> tuple[int, int]:
   """(image size, batch) of ``net`` under ``args``' overrides."""
-  size, batch, _ = NETS[net]
-  return args.image_size or size, args.batch or batch
+  return net_shape(net, args.image_size, args.batch)
+
+
+def net_shape(net: str, size: int = 0, batch: int = 0) -> tuple[int, int]:
+  """(image size, batch) of ``net``: ``size`` / ``batch``, or its own where
+  0."""
+  default_size, default_batch, _ = NETS[net]
+  return size or default_size, batch or default_batch
 
 
 def _median_time(fn, steps: int) -> float:
@@ -166,8 +172,8 @@ def build_step(net: str, conv: str, workdir: str, *, size: int = 0,
   import configs  # pylint: disable=g-import-not-at-top
   from dmlx.train import loop, run as run_lib  # pylint: disable=g-import-not-at-top
 
-  default_size, default_batch, kwargs = NETS[net]
-  size, batch = size or default_size, batch or default_batch
+  kwargs = NETS[net][2]
+  size, batch = net_shape(net, size, batch)
   config = configs.load("baselines.py:loss=triplet_semihard")
   config.model.backbone = net
   config.model.backbone_kwargs = {**kwargs, **_conv_setting(conv)}
@@ -243,8 +249,8 @@ def torch_step(net: str, steps: int, *, size: int = 0, batch: int = 0,
   from pytorch_metric_learning import distances, losses, miners  # pylint: disable=g-import-not-at-top
   from dmlx.models import torch_reference  # pylint: disable=g-import-not-at-top
 
-  default_size, default_batch, kwargs = NETS[net]
-  size, batch = size or default_size, batch or default_batch
+  kwargs = NETS[net][2]
+  size, batch = net_shape(net, size, batch)
   n = torch_reference.torch_nets(torch)
   backbone = {
       "small_cnn": lambda: n["SmallCNN"](**kwargs),
