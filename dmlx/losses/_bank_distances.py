@@ -31,6 +31,9 @@ def squared_distances_to_bank(embeddings: Array, bank_centres: Array,
   interleaved rounds, median: 5.15 -> 4.60 ms at B = 512 and 21.9 -> 15.9
   ms at B = 2048 against the previous form (one neighbour slot at a time,
   the body rematerialised); the full ``[B, k, D]`` gather is slower still.
+  Each block's sum over D is a dot with a ones vector (:func:`_sum_of_squares`):
+  the distances alone, forward + backward, 3.36 -> 2.39 ms at B = 512 and
+  17.8 -> 12.7 ms at B = 2048 against the einsum.
   The centres get no gradient.
   """
   dtype = jnp.promote_types(embeddings.dtype, jnp.float32)
@@ -42,6 +45,22 @@ def squared_distances_to_bank(embeddings: Array, bank_centres: Array,
     x = jnp.pad(x, ((0, pad), (0, 0)))
     neighbours = jnp.pad(neighbours, ((0, pad), (0, 0)))
   return _blocked_squared_distances(x, bank_centres, neighbours)[:b]
+
+
+def _sum_of_squares(diff: Array) -> Array:
+  """``sum_d diff[..., d]^2``, the squared norms of the last axis.
+
+  As a matrix-vector product of the squares with a ones vector: XLA:CPU runs
+  its dot ~1.7x faster than the same sum as a reduce or as
+  ``einsum('...d,...d->...')`` (one core, Zen 4, ``[4, 100, 128]`` blocks:
+  3.9 vs 7.3 ms for 2048 x 100 rows of 128). Only for the small in-cache
+  blocks here: on the whole materialised ``[2048, 100, 128]`` difference
+  (:func:`dmlx.losses._nngk.kernel_logits`) it measured 3x slower than the
+  einsum there, so that stays.
+  """
+  squares = diff * diff
+  ones = jnp.ones(diff.shape[-1:], diff.dtype)
+  return jnp.dot(squares, ones, precision=jax.lax.Precision.HIGHEST)
 
 
 def _row_blocks(*arrays: Array) -> tuple[Array, ...]:
@@ -56,8 +75,7 @@ def _blocked_squared_distances(x: Array, centres: Array,
   def block(args):
     xb, nb = args
     diff = xb[:, None, :] - centres[nb].astype(xb.dtype)        # [4, k, D]
-    return jnp.einsum("bkd,bkd->bk", diff, diff,
-                      precision=jax.lax.Precision.HIGHEST)
+    return _sum_of_squares(diff)
   out = jax.lax.map(block, _row_blocks(x, neighbours))
   return out.reshape(neighbours.shape)
 
