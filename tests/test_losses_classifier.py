@@ -64,7 +64,10 @@ def test_proxy_nca_matches_loops(scale, exclude_positive):
   np.testing.assert_allclose(
       loss, _ref_proxy_nca(x, y, np.asarray(params["proxies"]), scale,
                            exclude_positive), rtol=1e-9)
-  assert 0 <= aux["accuracy"] <= 1
+  proxies = np.asarray(params["proxies"])
+  nearest = [np.argmin([np.sum((_unit(xi) - _unit(p)) ** 2) for p in proxies])
+             for xi in x]
+  np.testing.assert_allclose(aux["accuracy"], np.mean(np.equal(nearest, y)))
 
 
 def test_softmax_matches_loops():
@@ -98,14 +101,28 @@ def test_gradients_wrt_embeddings_and_params(name):
                (x, params))
 
 
-def test_out_of_range_labels_are_ignored():
+@pytest.mark.parametrize("name,hyper", [
+    ("proxy_nca", {}), ("proxy_nca", {"exclude_positive": True}),
+    ("softmax", {}), ("normalized_softmax", {})])
+def test_out_of_range_labels_are_ignored(name, hyper):
+  """Rows labelled -1 or num_classes change neither the loss, its accuracy
+  nor the other rows' gradients, and get no gradient themselves (both the
+  masked form of the cross-entropy and its take_along_axis form)."""
   x, y = _batch(4)
-  params = _float64(losses.init_proxy_nca(jax.random.PRNGKey(4), 4, 5))
-  full, _ = jit(losses.proxy_nca)(x, y, params)
+  params = _float64(losses.init(name, jax.random.PRNGKey(4), 4, 5))
+  loss = lambda x, y, p: losses.apply(name, x, y, params=p, **hyper)
+  (full, aux), grads = jit(jax.value_and_grad(loss, argnums=(0, 2),
+                                              has_aux=True))(x, y, params)
   padded_x = np.concatenate([x, np.ones((2, 5))])
   padded_y = np.concatenate([y, [-1, 4]])
-  padded, _ = jit(losses.proxy_nca)(padded_x, padded_y, params)
+  (padded, padded_aux), padded_grads = jit(jax.value_and_grad(
+      loss, argnums=(0, 2), has_aux=True))(padded_x, padded_y, params)
   np.testing.assert_allclose(padded, full, rtol=1e-12)
+  np.testing.assert_allclose(padded_aux["accuracy"], aux["accuracy"])
+  np.testing.assert_allclose(padded_grads[0][:len(y)], grads[0], atol=1e-12)
+  np.testing.assert_array_equal(padded_grads[0][len(y):], 0.0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-12),
+               padded_grads[1], grads[1])
 
 
 def test_param_checks():
