@@ -149,8 +149,7 @@ def class_cross_entropy(logits: Array, labels: Array,
     valid = keep = (labels >= 0) & (labels < num_classes)
     target = jnp.take_along_axis(
         logits, jnp.where(valid, labels, 0)[:, None], axis=1)[:, 0]
-    shift = jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
-    lse = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=1)) + shift[:, 0]
+    lse = jax.nn.logsumexp(logits, axis=1)
   correct = jnp.argmax(logits, axis=1) == labels
   return masked_mean(lse - target, keep), {
       "accuracy": masked_mean(correct, valid),

@@ -101,9 +101,8 @@ def _from_products(products: Array, sq_x: Array, sq_y: Array,
   positive = sq > 0
   if zero_diagonal:
     positive &= ~jnp.eye(sq.shape[0], dtype=bool)
-  if squared:
-    return jnp.where(positive, sq, 0)
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+  sq = jnp.where(positive, sq, 0)
+  return sq if squared else safe_sqrt(sq)
 
 
 @_from_products.defjvp
