@@ -16,7 +16,9 @@ per thread setting:
 
 Reported per network: images/s (median of ``--steps`` timed steps after two
 warm-up steps), the first call's compile time, the step's FLOPs (XLA's cost
-analysis of dmlx's compiled step: forward, backward and update), the achieved
+analysis of dmlx's compiled step: forward, backward and update; on a mesh of
+several devices, e.g. ``--xla-flags=--xla_force_host_platform_device_count=2``,
+one device's share times their number), the achieved
 GFLOP/s of each side at those FLOPs, and its fraction of this process's
 measured matmul peak (a 2048² float32 ``jnp.dot``, same thread setting).
 ``roofline img/s`` is the peak divided by the FLOPs per image.
@@ -214,8 +216,11 @@ def dmlx_step(net: str, conv: str, steps: int, workdir: str, *,
     jax.block_until_ready(metrics["loss"])
 
   seconds = _median_time(one, steps)
+  # XLA's cost analysis counts one device's share of a partitioned step.
+  devices = int(run.mesh.devices.size)
   return {"img_per_s": batch / seconds, "step_s": seconds,
-          "compile_s": compile_s, "flops": float(cost.get("flops", 0.0)),
+          "compile_s": compile_s, "devices": devices,
+          "flops": devices * float(cost.get("flops", 0.0)),
           "loss": float(jax.device_get(compiled(holder[0], batches)[1]["loss"]))}
 
 

@@ -1,9 +1,16 @@
 """The benchmarks' option handling (their timings are not tests)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_train_step_gpu_defaults_and_overrides():
@@ -25,3 +32,29 @@ def test_mfu_column_only_where_a_datasheet_rate_is_known():
   row = {"dmlx": {"mfu": 0.412}, "torch": {"mfu": 0.38}}
   assert train_step._mfu(row).strip() == "41.2%/38.0%"  # pylint: disable=protected-access
   assert train_step._mfu({"dmlx": {}}).strip() == "-"  # pylint: disable=protected-access
+
+
+def _step_flops(devices: int, workdir) -> dict:
+  """``dmlx_step``'s devices and FLOPs for a tiny small-CNN step, in a fresh
+  process on ``devices`` simulated CPU devices."""
+  code = ("import json, sys; from benchmarks import train_step; "
+          "r = train_step.dmlx_step('small_cnn', 'default', 1, sys.argv[1], "
+          "size=16, batch=16); "
+          "print(json.dumps({'devices': r['devices'], 'flops': r['flops']}))")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  out = subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_step_flops_count_every_device_of_the_mesh(tmp_path):
+  """XLA's cost analysis of a partitioned step is one device's share: the
+  benchmark's FLOPs (and so its GFLOP/s and roofline) are the whole step's
+  on a mesh of two devices as on one."""
+  one = _step_flops(1, tmp_path / "one")
+  two = _step_flops(2, tmp_path / "two")
+  assert (one["devices"], two["devices"]) == (1, 2)
+  assert one["flops"] > 0
+  assert abs(two["flops"] / one["flops"] - 1) < 0.05, (one, two)
