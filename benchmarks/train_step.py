@@ -208,7 +208,7 @@ def dmlx_step(net: str, conv: str, steps: int, workdir: str, *,
   t = time.perf_counter()
   compiled = step.lower(state, batches).compile()
   compile_s = time.perf_counter() - t
-  cost = _step_cost(run, state, batches)
+  flops = _step_flops(run, state, batches)
   holder = [state]
 
   def one():
@@ -216,19 +216,18 @@ def dmlx_step(net: str, conv: str, steps: int, workdir: str, *,
     jax.block_until_ready(metrics["loss"])
 
   seconds = _median_time(one, steps)
-  # XLA's cost analysis counts one device's share of a partitioned step.
-  devices = int(run.mesh.devices.size)
   return {"img_per_s": batch / seconds, "step_s": seconds,
-          "compile_s": compile_s, "devices": devices,
-          "flops": devices * float(cost.get("flops", 0.0)),
+          "compile_s": compile_s, "devices": int(run.mesh.devices.size),
+          "flops": flops,
           "loss": float(jax.device_get(compiled(holder[0], batches)[1]["loss"]))}
 
 
-def _step_cost(run, state, batches) -> dict:
-  """XLA's cost analysis of the step, compiled with the per-tap kernel
-  gradients in one piece: the analysis counts a loop body once, so the
-  image-sliced scan the step runs would undercount their FLOPs (same
-  products either way)."""
+def _step_flops(run, state, batches) -> float:
+  """The whole step's FLOPs from XLA's cost analysis, compiled with the
+  per-tap kernel gradients in one piece: the analysis counts a loop body
+  once, so the image-sliced scan the step runs would undercount their FLOPs
+  (same products either way). The analysis of a step partitioned over the
+  run's mesh counts one device's share, so it is scaled by the mesh size."""
   from dmlx.models import conv_grad  # pylint: disable=g-import-not-at-top
   from dmlx.train import run as run_lib  # pylint: disable=g-import-not-at-top
   saved = conv_grad.TAP_DW_SLICE_POSITIONS
@@ -238,7 +237,8 @@ def _step_cost(run, state, batches) -> dict:
         state, batches).compile().cost_analysis()
   finally:
     conv_grad.TAP_DW_SLICE_POSITIONS = saved
-  return cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return int(run.mesh.devices.size) * float(cost.get("flops", 0.0))
 
 
 # ----------------------------------------------------------------- torch side
