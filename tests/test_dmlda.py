@@ -141,6 +141,26 @@ def test_class_density_ignores_out_of_range_labels():
   np.testing.assert_array_equal(c1, c2)
 
 
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+def test_class_density_derivative_matches_reference(mode):
+  # The density's derivative is written out (a custom JVP); both modes must
+  # give the float64 finite-difference derivative, padding labels included.
+  x, labels, _, _ = _batch(seed=5)
+  padded = np.concatenate([labels, [-1, NUM_CLASSES]]).astype(np.int32)
+  xp = np.concatenate([x, np.ones((2, x.shape[1]), np.float32)])
+  weights = np.linspace(0.5, 2.0, NUM_CLASSES)
+  f = lambda x: jnp.sum(weights * _density.class_density(
+      x, padded, NUM_CLASSES)[0])
+  grad = jax.jacrev(f) if mode == "rev" else jax.jacfwd(f)
+  got = np.asarray(jax.jit(grad)(xp))
+  want = numerical_grad(
+      lambda xx: float(np.sum(weights * ref_class_density(
+          xx, padded, NUM_CLASSES)[0])), xp.astype(np.float64))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(got[-2:], 0.0)   # padding rows: no gradient
+  assert np.abs(got[:-2]).max() > 1e-3
+
+
 # ----------------------------------------------------------------------------
 # Regulariser, eqs. (6) and (8): value and gradients.
 

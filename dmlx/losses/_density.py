@@ -26,6 +26,7 @@ composition (one class, all singletons, duplicated or zero embeddings).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -47,14 +48,6 @@ def _check_batch(embeddings: Array, labels: Array, name: str) -> None:
                      f"embeddings shape {embeddings.shape}.")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"{name}: labels must be integers, got {labels.dtype}.")
-
-
-def _gather(values: Array, labels: Array) -> Array:
-  """``values[labels]`` with 0 for labels outside ``[0, len(values))``
-  (``jnp.take`` would wrap negative labels)."""
-  n = values.shape[0]
-  safe = jnp.where(labels < 0, n, labels)
-  return jnp.take(values, safe, axis=0, mode="fill", fill_value=0)
 
 
 def class_density(embeddings: Array, labels: Array, num_classes: int, *,
@@ -94,13 +87,46 @@ def class_density(embeddings: Array, labels: Array, num_classes: int, *,
   # dropped (no [B, C] one-hot products).
   ids = jnp.where((labels >= 0) & (labels < num_classes), labels,
                   num_classes)
+  return _segment_density(x, ids, num_classes)
+
+
+def _density_parts(x: Array, ids: Array, num_classes: int):
+  """``(density, counts, x - own centroid, 1 / max(counts, 1))`` by segment
+  sums over ``ids`` in ``[0, num_classes]`` (segment ``num_classes`` is
+  dropped, and its rows' centroid is 0)."""
   segment_sum = lambda v: jax.ops.segment_sum(v, ids, num_classes)
-  counts = segment_sum(jnp.ones(labels.shape, x.dtype))         # [C]
-  centroids = segment_sum(x) / jnp.maximum(counts, 1.0)[:, None]  # [C, D]
-  own = _gather(centroids, labels)
-  sq = jnp.sum(jnp.square(x - own), axis=-1)                    # [B]
-  density = segment_sum(sq) / jnp.maximum(counts, 1.0)
+  counts = segment_sum(jnp.ones(ids.shape, x.dtype))               # [C]
+  inv_counts = 1.0 / jnp.maximum(counts, 1.0)
+  centroids = segment_sum(x) * inv_counts[:, None]                 # [C, D]
+  diff = x - jnp.take(centroids, ids, axis=0, mode="fill", fill_value=0)
+  density = segment_sum(jnp.sum(jnp.square(diff), axis=-1)) * inv_counts
+  return density, counts, diff, inv_counts
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _segment_density(x: Array, ids: Array, num_classes: int
+                     ) -> tuple[Array, Array]:
+  """``(D_avg(S_c), |S_c|)`` for every segment, eq. (5) of DML-DA.
+
+  Its derivative is written out (a custom JVP) because the mean's own
+  derivative cancels: :math:`\sum_{i \in c} (x_i - \mu_c) = 0`, so
+  :math:`dD_c = \frac{2}{|S_c|} \sum_{i \in c} (x_i - \mu_c) \cdot dx_i`
+  exactly, one segment sum whose transpose (the gradient) is one gather.
+  Differentiating the segment sums and the centroid gather as written costs
+  two more scatter / gather pairs, which at these sizes are most of the time.
+  """
+  density, counts, _, _ = _density_parts(x, ids, num_classes)
   return density, counts
+
+
+@_segment_density.defjvp
+def _segment_density_jvp(num_classes, primals, tangents):
+  x, ids = primals
+  dx, _ = tangents
+  density, counts, diff, inv_counts = _density_parts(x, ids, num_classes)
+  d_density = jax.ops.segment_sum(
+      2.0 * jnp.sum(diff * dx, axis=-1), ids, num_classes) * inv_counts
+  return (density, counts), (d_density, jnp.zeros_like(counts))
 
 
 def density_regularizer(
@@ -134,11 +160,10 @@ def density_regularizer(
   function returns eq. (8) as written and the caller adds λ·L_DA. With
   ``correlation=False`` it is eq. (6) alone (the paper's DML-DA⁻).
 
-  The penalty sum over class pairs is a sum over batch example pairs with
-  weights 1/|S_c|, evaluated in O(batch) by Lagrange's identity
-  (Σ_ij w_i w_j (a_j α_i − a_i α_j)² = 2(Σ w a²)(Σ w α²) − 2(Σ w a α)²,
-  exact up to round-off, independent of num_classes), and D^(0) is treated
-  as a constant (``stop_gradient``).
+  The penalty's sum over pairs of present classes is evaluated in O(C) by
+  Lagrange's identity (Σ_ij p_i p_j (a_j α_i − a_i α_j)² = 2(Σ p a²)(Σ p α²)
+  − 2(Σ p a α)², p the present-class indicator, exact up to round-off), and
+  D^(0) is treated as a constant (``stop_gradient``).
 
   Args:
     embeddings: ``[batch_size, dim]`` embeddings.
@@ -207,17 +232,14 @@ def density_regularizer(
   if correlation:
     d0 = jax.lax.stop_gradient(
         jnp.maximum(original_density.astype(density.dtype), 0.0))
-    # Σ over present class pairs as Σ over example pairs weighted 1/|S_c|.
-    weight = _gather(present / jnp.maximum(counts, 1.0), labels)  # [B]
-    a = _gather(jnp.power(d0, eta), labels)
-    al = _gather(alpha, labels)
-    # Lagrange's identity, O(B) instead of the [B, B] pair sum:
-    # sum_ij w_i w_j (a_j al_i - a_i al_j)^2
-    #   = 2 (sum w a^2)(sum w al^2) - 2 (sum w a al)^2  (>= 0; clipped there
-    # against round-off).
-    s_aa = jnp.sum(weight * a * a)
-    s_ll = jnp.sum(weight * al * al)
-    s_al = jnp.sum(weight * a * al)
+    # Lagrange's identity, O(C) instead of the [C, C] class-pair sum:
+    # sum_ij p_i p_j (a_j al_i - a_i al_j)^2
+    #   = 2 (sum p a^2)(sum p al^2) - 2 (sum p a al)^2  (>= 0; clipped there
+    # against round-off), with p the present-class indicator.
+    a = jnp.power(d0, eta)
+    s_aa = jnp.sum(present * a * a)
+    s_ll = jnp.sum(present * alpha * alpha)
+    s_al = jnp.sum(present * a * alpha)
     pair_sum = 2.0 * (s_aa * s_ll - jnp.square(s_al))
     penalty = jnp.maximum(pair_sum, 0.0) * inv_c * inv_c
     loss = loss + penalty
