@@ -106,7 +106,7 @@ def _density_parts(x: Array, ids: Array, num_classes: int):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _segment_density(x: Array, ids: Array, num_classes: int
                      ) -> tuple[Array, Array]:
-  """``(D_avg(S_c), |S_c|)`` for every segment, eq. (5) of DML-DA.
+  r"""``(D_avg(S_c), |S_c|)`` for every segment, eq. (5) of DML-DA.
 
   Its derivative is written out (a custom JVP) because the mean's own
   derivative cancels: :math:`\sum_{i \in c} (x_i - \mu_c) = 0`, so
