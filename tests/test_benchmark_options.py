@@ -1,14 +1,12 @@
 """The benchmarks' option handling (their timings are not tests)."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks import train_step
+import child_process  # tests/child_process.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,10 +41,7 @@ def _step_flops(devices: int, workdir) -> dict:
           "print(json.dumps({'devices': r['devices'], 'flops': r['flops']}))")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  out = subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return child_process.last_json(["-c", code, str(workdir)], env=env, cwd=ROOT)
 
 
 def test_step_flops_count_every_device_of_the_mesh(tmp_path):

@@ -1,12 +1,11 @@
 """8 simulated CPU devices give the same loss and gradients as 1 device."""
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+
+import child_process  # tests/child_process.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -18,10 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_eight_devices_match_one(loss_name):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, os.path.join(HERE, "dp_check.py"), loss_name],
-                       capture_output=True, text=True, env=env, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = child_process.last_json([os.path.join(HERE, "dp_check.py"), loss_name],
+                                   env=env)
   assert result["devices_used"] == 8
   assert result["loss1"] > 0
   assert abs(result["loss1"] - result["loss8"]) <= 1e-5 * max(1.0, abs(result["loss1"]))
@@ -31,10 +28,9 @@ def test_eight_devices_match_one(loss_name):
 def _train(name, workdir, devices):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, os.path.join(HERE, "dp_train_check.py"), name,
-                        str(workdir)], capture_output=True, text=True, env=env, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return child_process.last_json(
+      [os.path.join(HERE, "dp_train_check.py"), name, str(workdir)], env=env,
+      timeout=600)
 
 
 @pytest.mark.slow

@@ -1,11 +1,9 @@
 """dmlx.host_memory: kept host memory stops XLA:CPU's per-call page faults."""
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+import child_process  # tests/child_process.py
 from dmlx import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,9 +36,7 @@ def _faults(mode: str) -> dict:
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
          "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env,
-                       capture_output=True, text=True, check=True, timeout=300)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return child_process.last_json(["-c", _PROBE, mode], env=env)
 
 
 @pytest.mark.skipif(host_memory._glibc() is None, reason="needs glibc")  # pylint: disable=protected-access

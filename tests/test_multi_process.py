@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+import child_process  # tests/child_process.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LAUNCHER = os.path.join(ROOT, "launch", "cluster", "local.py")
@@ -107,11 +109,9 @@ def test_host_collectives_are_exact_across_two_processes():
 
 
 def _train_alone(name, workdir):
-  out = subprocess.run([sys.executable, os.path.join(HERE, "mp_train_check.py"), name,
-                        str(workdir)], capture_output=True, text=True, env=_env(),
-                       timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return child_process.last_json(
+      [os.path.join(HERE, "mp_train_check.py"), name, str(workdir)], env=_env(),
+      timeout=900)
 
 
 def _variables(workdir):
